@@ -1,0 +1,3 @@
+from clobi.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Pure core: specs, records, states and the transition table. No I/O here."""

@@ -1,0 +1,191 @@
+"""Records the store hands out and takes in. Plain frozen data, no behaviour beyond views."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from clobi.model.spec import JobSpec
+from clobi.model.states import AttemptState, JobState
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One submit: a spec (maybe an array) whose input sandbox is already stored."""
+
+    spec: JobSpec
+    input_sha256: str | None = None
+    owner: str = ""
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Free resources an agent offers to a claim."""
+
+    cpus: float
+    memory_bytes: int
+    gpus: int = 0
+    labels: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    """What an agent says about itself when it registers."""
+
+    name: str
+    host: str
+    cpus: float
+    memory_bytes: int
+    gpus: int = 0
+    labels: frozenset[str] = frozenset()
+    pool: str = "local"
+    pid: int = 0
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job handed to an agent: its attempt, lease and everything needed to run it."""
+
+    attempt_id: int
+    job_id: int
+    spec: JobSpec
+    array_index: int | None
+    input_sha256: str | None
+    lease_until: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended, reported by the agent after its output is stored.
+
+    `user_error` marks failures that retrying cannot fix (a rejected sandbox): no retry.
+    Small outputs travel inline in `output_inline`; large ones are in the sandbox store under
+    `output_key`.
+    """
+
+    attempt_id: int
+    state: AttemptState
+    exit_code: int | None = None
+    reason: str = ""
+    user_error: bool = False
+    output_key: str | None = None
+    output_inline: bytes | None = None
+    output_size: int = 0
+    output_sha256: str = ""
+
+
+@dataclass(frozen=True)
+class HeartbeatReply:
+    """What a heartbeat tells an agent.
+
+    `renewed`: attempts whose lease now runs to `lease_until`; any attempt the agent sent that
+    is not in `renewed` is no longer its own and must be stopped at once. `cancel`: attempts the
+    user killed. `drain`: stop claiming, finish what runs, exit.
+    """
+
+    renewed: frozenset[int]
+    cancel: frozenset[int]
+    drain: bool
+    lease_until: float
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: int
+    spec_id: int
+    name: str
+    state: JobState
+    priority: int
+    array_index: int | None
+    created_at: float
+    updated_at: float
+    attempts: int
+    retries_left: int
+    lost_count: int
+    exit_code: int | None
+    reason: str
+    tags: tuple[str, ...]
+    owner: str
+    current_attempt: int | None
+    cancel_requested: bool
+    not_before: float
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    id: int
+    job_id: int
+    agent_id: int
+    agent_name: str
+    state: AttemptState
+    started_at: float
+    ended_at: float | None
+    lease_until: float
+    exit_code: int | None
+    reason: str
+    workdir: str  # the attempt's work directory on its agent's machine ("" if unknown)
+    has_output: bool
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    id: int
+    name: str
+    host: str
+    pool: str
+    state: str
+    cpus: float
+    memory_bytes: int
+    gpus: int
+    labels: tuple[str, ...]
+    started_at: float
+    last_seen: float
+    drain: bool
+    running: int
+    pid: int
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    ts: float
+    job_id: int | None
+    attempt_id: int | None
+    agent_id: int | None
+    kind: str
+    from_state: str
+    to_state: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class OutputRef:
+    """Where one attempt's output archive lives."""
+
+    attempt_id: int
+    job_id: int
+    key: str | None
+    inline: bytes | None
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """Which jobs a listing returns, newest last; `after_id` pages forward."""
+
+    states: frozenset[JobState] = frozenset()
+    tags: frozenset[str] = frozenset()
+    ids: tuple[int, ...] = ()
+    owner: str | None = None
+    after_id: int = 0
+    limit: int | None = 100
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    lost_attempts: tuple[int, ...] = ()
+    requeued_jobs: tuple[int, ...] = ()
+    failed_jobs: tuple[int, ...] = ()
+    cancelled_jobs: tuple[int, ...] = ()
+    lost_agents: tuple[int, ...] = field(default_factory=tuple)

@@ -1,0 +1,1 @@
+"""Sandbox store: content-addressed input archives and per-attempt output archives."""

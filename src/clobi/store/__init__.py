@@ -1,0 +1,1 @@
+"""The store: jobs, attempts, agents and events. It is also the queue."""

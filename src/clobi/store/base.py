@@ -1,0 +1,147 @@
+"""The store contract. Engines: `sqlite` (embedded), later `postgres` (shared).
+
+Every state change is a conditional update that also appends an event, inside one
+transaction. Reports about an attempt carry its id and are refused once the attempt is no
+longer the job's current one.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from clobi.model.records import (
+    AgentInfo,
+    AgentRecord,
+    AttemptRecord,
+    Capacity,
+    Claim,
+    Event,
+    HeartbeatReply,
+    JobFilter,
+    JobRecord,
+    Outcome,
+    OutputRef,
+    Submission,
+    SweepResult,
+)
+from clobi.model.spec import JobSpec
+from clobi.model.states import JobState
+
+
+@dataclass(frozen=True)
+class ClaimRequest:
+    """Ask for up to `limit` jobs fitting `capacity`, leased for `lease_s` seconds."""
+
+    agent_id: int
+    capacity: Capacity
+    limit: int
+    lease_s: float
+    workdir_root: str = ""
+
+
+class Store(ABC):
+    """Contract of a Clobi store."""
+
+    # --- submitting and reading -------------------------------------------------------
+    @abstractmethod
+    def submit(self, submission: Submission) -> list[int]:
+        """Create the job(s) of one spec in one durable transaction; return their ids in
+        array order. With an idempotency key already used, return the earlier submit's ids."""
+
+    @abstractmethod
+    def get_job(self, job_id: int) -> JobRecord:
+        """One job; raises `NotFound`."""
+
+    @abstractmethod
+    def job_spec(self, job_id: int) -> tuple[JobSpec, str | None]:
+        """The spec a job was submitted with and its input sandbox sha256."""
+
+    @abstractmethod
+    def list_jobs(self, flt: JobFilter) -> list[JobRecord]:
+        """Jobs matching `flt`, in id order."""
+
+    @abstractmethod
+    def count_states(self, job_ids: Sequence[int] | None = None) -> dict[JobState, int]:
+        """How many jobs (of `job_ids`, or all) are in each state."""
+
+    @abstractmethod
+    def attempts(self, job_id: int) -> list[AttemptRecord]:
+        """A job's attempts, oldest first."""
+
+    @abstractmethod
+    def events(
+        self, job_id: int | None = None, after_id: int = 0, limit: int = 1000
+    ) -> list[Event]:
+        """Events (of one job, or all) with id > `after_id`, oldest first."""
+
+    @abstractmethod
+    def output_ref(self, job_id: int, attempt_id: int | None = None) -> OutputRef | None:
+        """Where the output of an attempt (default: the job's latest with output) lives."""
+
+    # --- user actions -------------------------------------------------------------------
+    @abstractmethod
+    def kill(self, job_ids: Sequence[int]) -> list[int]:
+        """Cancel queued jobs at once and ask agents to stop running ones; return the ids
+        that were queued or running."""
+
+    @abstractmethod
+    def remove(self, job_ids: Sequence[int]) -> list[int]:
+        """Delete queued or finished jobs; raises `Conflict` for running ones (kill first)."""
+
+    @abstractmethod
+    def retry(self, job_ids: Sequence[int]) -> list[int]:
+        """Requeue finished, unsuccessful jobs; return the ids requeued."""
+
+    # --- agents -----------------------------------------------------------------------
+    @abstractmethod
+    def register_agent(self, info: AgentInfo) -> int:
+        """Record a new agent; return its id."""
+
+    @abstractmethod
+    def claim(self, request: ClaimRequest) -> list[Claim]:
+        """In one transaction: pick queued jobs by priority then age that fit the capacity,
+        create their attempts with leases and mark them running."""
+
+    @abstractmethod
+    def finish(
+        self, agent_id: int, outcomes: Sequence[Outcome], then: ClaimRequest | None = None
+    ) -> tuple[list[int], list[Claim]]:
+        """Record outcomes (and optionally claim more) in one transaction. Returns the
+        attempt ids whose report was refused as stale, and the new claims."""
+
+    @abstractmethod
+    def heartbeat(self, agent_id: int, attempt_ids: Sequence[int], lease_s: float) -> HeartbeatReply:
+        """Renew the agent's liveness and its running attempts' leases."""
+
+    @abstractmethod
+    def set_drain(self, agent_id: int, drain: bool = True) -> None:
+        """Ask an agent to drain (stop claiming, finish, exit)."""
+
+    @abstractmethod
+    def agent_exited(self, agent_id: int) -> None:
+        """An agent says it is leaving."""
+
+    @abstractmethod
+    def list_agents(self, include_gone: bool = False) -> list[AgentRecord]:
+        """Agents, live ones only unless `include_gone`."""
+
+    # --- sweeping -----------------------------------------------------------------------
+    @abstractmethod
+    def try_lock(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Take or renew the named lock for `owner` until now + `ttl_s`; False when another
+        owner holds it. Elects the one active sweeper."""
+
+    @abstractmethod
+    def sweep(self, lost_cap: int, agent_timeout_s: float) -> SweepResult:
+        """Expired leases -> attempts `lost`, jobs requeued (or failed after `lost_cap`
+        losses, or cancelled when a kill was pending); silent agents marked gone."""
+
+    @abstractmethod
+    def next_due_s(self) -> float | None:
+        """Seconds until the earliest queued-but-backing-off job becomes claimable."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections."""

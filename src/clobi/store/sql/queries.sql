@@ -1,0 +1,197 @@
+-- Named queries of the SQL store. `-- name: X` starts a query; parameters are `:name`.
+
+-- name: insert_spec
+INSERT INTO specs (spec_json, input_sha256, owner, idempotency_key, job_count, created_at)
+VALUES (:spec_json, :input_sha256, :owner, :idempotency_key, :job_count, :now);
+
+-- name: spec_by_key
+SELECT id FROM specs WHERE idempotency_key = :key;
+
+-- name: insert_tag
+INSERT OR IGNORE INTO spec_tags (tag, spec_id) VALUES (:tag, :spec_id);
+
+-- name: insert_job
+INSERT INTO jobs (spec_id, array_index, name, owner, state, priority, cpus, memory_bytes, gpus,
+                  requires, created_at, updated_at, retries_left)
+VALUES (:spec_id, :array_index, :name, :owner, 'queued', :priority, :cpus, :memory_bytes, :gpus,
+        :requires, :now, :now, :retries_left);
+
+-- name: job_ids_of_spec
+SELECT id FROM jobs WHERE spec_id = :spec_id ORDER BY id;
+
+-- name: insert_event
+INSERT INTO events (ts, job_id, attempt_id, agent_id, kind, from_state, to_state, detail)
+VALUES (:now, :job_id, :attempt_id, :agent_id, :kind, :from_state, :to_state, :detail);
+
+-- name: select_jobs
+SELECT j.id, j.spec_id, j.name, j.state, j.priority, j.array_index, j.created_at, j.updated_at,
+       j.attempts, j.retries_left, j.lost_count, j.exit_code, j.reason, j.owner,
+       j.current_attempt, j.cancel_requested, j.not_before
+FROM jobs j
+
+-- name: spec_of_job
+SELECT s.id, s.spec_json, s.input_sha256 FROM jobs j JOIN specs s ON s.id = j.spec_id
+WHERE j.id = :job_id;
+
+-- name: spec_by_id
+SELECT spec_json, input_sha256 FROM specs WHERE id = :spec_id;
+
+-- name: tags_of_specs
+SELECT spec_id, tag FROM spec_tags WHERE spec_id IN ({ids}) ORDER BY tag;
+
+-- name: count_states
+SELECT state, count(*) FROM jobs GROUP BY state;
+
+-- name: select_attempts
+SELECT a.id, a.job_id, a.agent_id, coalesce(g.name, ''), a.state, a.started_at, a.ended_at,
+       a.lease_until, a.exit_code, a.reason, a.workdir,
+       (a.output_key IS NOT NULL OR a.output_inline IS NOT NULL)
+FROM attempts a LEFT JOIN agents g ON g.id = a.agent_id
+WHERE a.job_id = :job_id ORDER BY a.id;
+
+-- name: select_events
+SELECT id, ts, job_id, attempt_id, agent_id, kind, from_state, to_state, detail
+FROM events WHERE id > :after_id {job_clause} ORDER BY id LIMIT :limit;
+
+-- name: output_of_attempt
+SELECT id, job_id, output_key, output_inline, output_size, output_sha256
+FROM attempts WHERE id = :attempt_id AND job_id = :job_id;
+
+-- name: latest_output
+SELECT id, job_id, output_key, output_inline, output_size, output_sha256
+FROM attempts
+WHERE job_id = :job_id AND (output_key IS NOT NULL OR output_inline IS NOT NULL)
+ORDER BY id DESC LIMIT 1;
+
+-- name: claim_candidates
+SELECT id, spec_id, array_index, cpus, memory_bytes, gpus, requires
+FROM jobs
+WHERE state = 'queued' AND not_before <= :now
+  AND cpus <= :cpus AND memory_bytes <= :memory AND gpus <= :gpus
+ORDER BY priority DESC, id
+LIMIT :scan;
+
+-- name: insert_attempt
+INSERT INTO attempts (job_id, agent_id, state, started_at, lease_until, workdir)
+VALUES (:job_id, :agent_id, 'running', :now, :lease_until, :workdir);
+
+-- name: mark_running
+UPDATE jobs SET state = 'running', current_attempt = :attempt_id, attempts = attempts + 1,
+                updated_at = :now
+WHERE id = :job_id AND state = 'queued';
+
+-- name: attempt_for_finish
+SELECT a.job_id, a.state, j.state, j.current_attempt, j.retries_left, j.attempts,
+       j.cancel_requested, j.spec_id
+FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.id = :attempt_id AND a.agent_id = :agent_id;
+
+-- name: end_attempt
+UPDATE attempts
+SET state = :state, ended_at = :now, exit_code = :exit_code, reason = :reason,
+    output_key = :output_key, output_inline = :output_inline, output_size = :output_size,
+    output_sha256 = :output_sha256
+WHERE id = :attempt_id AND state = 'running';
+
+-- name: end_job
+UPDATE jobs
+SET state = :state, exit_code = :exit_code, reason = :reason, updated_at = :now,
+    current_attempt = NULL
+WHERE id = :job_id AND state = 'running' AND current_attempt = :attempt_id;
+
+-- name: requeue_job_retry
+UPDATE jobs
+SET state = 'queued', exit_code = :exit_code, reason = :reason, updated_at = :now,
+    current_attempt = NULL, retries_left = retries_left - 1, not_before = :not_before
+WHERE id = :job_id AND state = 'running' AND current_attempt = :attempt_id;
+
+-- name: renew_leases
+UPDATE attempts SET lease_until = :lease_until
+WHERE agent_id = :agent_id AND state = 'running' AND lease_until >= :now AND id IN ({ids});
+
+-- name: running_of_agent
+SELECT a.id, j.cancel_requested FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.agent_id = :agent_id AND a.state = 'running' AND a.lease_until >= :now;
+
+-- name: touch_agent
+UPDATE agents SET last_seen = :now WHERE id = :agent_id AND state != 'gone';
+
+-- name: agent_flags
+SELECT state, drain FROM agents WHERE id = :agent_id;
+
+-- name: insert_agent
+INSERT INTO agents (name, host, pool, state, cpus, memory_bytes, gpus, labels, pid, started_at,
+                    last_seen)
+VALUES (:name, :host, :pool, 'up', :cpus, :memory_bytes, :gpus, :labels, :pid, :now, :now);
+
+-- name: set_drain
+UPDATE agents SET drain = :drain, state = CASE WHEN :drain THEN 'draining' ELSE 'up' END
+WHERE id = :agent_id AND state != 'gone';
+
+-- name: agent_gone
+UPDATE agents SET state = 'gone', last_seen = :now WHERE id = :agent_id;
+
+-- name: select_agents
+SELECT g.id, g.name, g.host, g.pool, g.state, g.cpus, g.memory_bytes, g.gpus, g.labels,
+       g.started_at, g.last_seen, g.drain,
+       (SELECT count(*) FROM attempts a WHERE a.agent_id = g.id AND a.state = 'running'),
+       g.pid
+FROM agents g {where} ORDER BY g.id;
+
+-- name: cancel_queued
+UPDATE jobs SET state = 'cancelled', reason = 'killed by user', updated_at = :now
+WHERE id = :job_id AND state = 'queued';
+
+-- name: request_cancel
+UPDATE jobs SET cancel_requested = 1, updated_at = :now
+WHERE id = :job_id AND state = 'running';
+
+-- name: delete_job
+DELETE FROM jobs WHERE id = :job_id AND state != 'running';
+
+-- name: delete_attempts_of_job
+DELETE FROM attempts WHERE job_id = :job_id;
+
+-- name: retry_job
+UPDATE jobs
+SET state = 'queued', retries_left = :retries_left, lost_count = 0, cancel_requested = 0,
+    not_before = 0, exit_code = NULL, reason = 'retried by user', updated_at = :now
+WHERE id = :job_id AND state IN ('failed', 'timed_out', 'cancelled');
+
+-- name: take_lock
+INSERT INTO locks (name, owner, until) VALUES (:name, :owner, :until)
+ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until
+WHERE locks.owner = excluded.owner OR locks.until < :now;
+
+-- name: lock_owner
+SELECT owner FROM locks WHERE name = :name;
+
+-- name: expired_attempts
+SELECT a.id, a.job_id, a.agent_id, j.lost_count, j.cancel_requested, j.state, j.current_attempt
+FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.state = 'running' AND a.lease_until < :now;
+
+-- name: lose_attempt
+UPDATE attempts SET state = 'lost', ended_at = :now, reason = :reason
+WHERE id = :attempt_id AND state = 'running';
+
+-- name: requeue_lost
+UPDATE jobs
+SET state = 'queued', lost_count = lost_count + 1, current_attempt = NULL, updated_at = :now,
+    reason = :reason
+WHERE id = :job_id AND state = 'running' AND current_attempt = :attempt_id;
+
+-- name: end_lost
+UPDATE jobs
+SET state = :state, lost_count = lost_count + :lost_inc, current_attempt = NULL,
+    updated_at = :now, reason = :reason
+WHERE id = :job_id AND state = 'running' AND current_attempt = :attempt_id;
+
+-- name: silent_agents
+SELECT id FROM agents WHERE state != 'gone' AND last_seen < :deadline;
+
+-- name: next_due
+SELECT min(not_before) FROM jobs WHERE state = 'queued' AND not_before > :now;
+
+-- name: any_claimable
+SELECT 1 FROM jobs WHERE state = 'queued' AND not_before <= :now LIMIT 1;

@@ -1,0 +1,187 @@
+"""The SQLite engine: one WAL file, durable commits (`synchronous=FULL`), writers serialised by
+`BEGIN IMMEDIATE` with a long busy timeout so contention waits instead of failing.
+
+Submits ring a doorbell (a unix datagram socket per waiting agent next to the database) so
+idle agents wake at once without polling the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from clobi.errors import SessionError, StoreUnavailable
+from clobi.model.records import Submission
+from clobi.store import queries
+from clobi.store.base import Store
+from clobi.store.sqlcore import Cursor
+from clobi.store.sqljobs import SqlJobs
+from clobi.store.sqlwork import SqlWork
+
+BUSY_TIMEOUT_S = 120.0
+
+
+class SqliteStore(SqlJobs, SqlWork, Store):
+    """Store engine over one SQLite database file."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        self._conn = _connect(self.path)
+        self.bells = Bells(self.path.with_name(self.path.name + ".bells"))
+        migrate(self._conn)
+
+    @classmethod
+    def from_url(cls, url: str, base: Path | None = None) -> SqliteStore:
+        """`sqlite:///abs/path.db` or `sqlite:relative.db` (relative to `base`)."""
+        parsed = urlparse(url)
+        path = Path(parsed.path) if parsed.path.startswith("/") else (base or Path()) / parsed.path
+        return cls(path)
+
+    @contextlib.contextmanager
+    def _tx(self, write: bool = True) -> Iterator[Cursor]:
+        with self._lock:
+            cur = self._conn.cursor()
+            try:
+                _begin(cur, write)
+                yield cur
+                cur.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                _rollback(self._conn)
+                raise StoreUnavailable(f"store {self.path}: {exc}") from None
+            except BaseException:
+                _rollback(self._conn)
+                raise
+            finally:
+                cur.close()
+
+    def _insert(self, cur: Cursor, query: str, params: dict[str, Any]) -> int:
+        cur.execute(query, params)
+        return int(cur.lastrowid)  # type: ignore[attr-defined]
+
+    def submit(self, submission: Submission) -> list[int]:
+        ids = super().submit(submission)
+        self.bells.ring()
+        return ids
+
+    def retry(self, job_ids: Any) -> list[int]:
+        ids = super().retry(job_ids)
+        self.bells.ring()
+        return ids
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=OFF")
+        return conn
+    except (sqlite3.Error, OSError) as exc:
+        raise SessionError(f"store {path}: cannot open: {exc}") from None
+
+
+def _begin(cur: Cursor, write: bool) -> None:
+    # IMMEDIATE takes the write lock up front: a deferred read that later writes would get
+    # SQLITE_BUSY at once, bypassing the busy timeout.
+    cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    with contextlib.suppress(sqlite3.Error):
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to the newest migration; returns the version."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    pending = [(v, sql) for v, sql in queries.migrations() if v > version]
+    if not pending:
+        return version
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Another process may have migrated while we waited for the lock.
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        for v, sql in pending:
+            if v > version:
+                _exec_script(conn, sql)
+                conn.execute(f"PRAGMA user_version = {int(v)}")
+                version = v
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+    return version
+
+
+def _exec_script(conn: sqlite3.Connection, sql: str) -> None:
+    for statement in sql.split(";"):
+        body = "\n".join(line for line in statement.splitlines() if not line.startswith("--"))
+        if body.strip():
+            conn.execute(body)
+
+
+class Bells:
+    """Doorbells of waiting agents: one unix datagram socket each.
+
+    Sockets live in the abstract namespace (no 108-byte path limit); a marker file per bell
+    in `folder` lets ringers find them.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._prefix = "clobi." + hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:16]
+
+    def listen(self, name: str) -> socket.socket:
+        """A non-blocking socket that becomes readable when someone rings."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(self._address(name))
+        sock.setblocking(False)
+        (self.folder / name).touch()
+        return sock
+
+    def forget(self, name: str) -> None:
+        with contextlib.suppress(OSError):
+            (self.folder / name).unlink()
+
+    def ring(self) -> None:
+        """Wake every listener; forget bells whose listener is gone."""
+        try:
+            names = os.listdir(self.folder)
+        except FileNotFoundError:
+            return
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            for name in names:
+                try:
+                    sock.sendto(b"!", self._address(name))
+                except ConnectionRefusedError:
+                    self.forget(name)
+                except OSError:
+                    pass  # a full queue already means "wake up"
+
+    def _address(self, name: str) -> str:
+        return f"\0{self._prefix}.{name}"
+
+    @staticmethod
+    def drain(sock: socket.socket) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            while sock.recv(64):
+                pass

@@ -101,7 +101,9 @@ def spec_from_dict(data: dict[str, Any]) -> JobSpec:
         requires=tuple(data.get("requires", ())),
         priority=int(data.get("priority", 0)),
         retries=Retries(**data.get("retries", {})),
-        array=None if array is None else ArraySpec(
+        array=None
+        if array is None
+        else ArraySpec(
             count=array.get("count"),
             values=None if array.get("values") is None else tuple(array["values"]),
         ),

@@ -1,0 +1,318 @@
+"""One behavioural suite for the Store contract, run against every engine."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from clobi.errors import Conflict, NotFound
+from clobi.model.records import JobFilter, Outcome
+from clobi.model.spec import Retries
+from clobi.model.states import AttemptState, JobState
+from clobi.store.base import ClaimRequest, Store
+from tests.conftest import capacity, make_agent, make_submission
+
+
+def claim(store: Store, agent_id: int, limit: int = 10, lease_s: float = 30.0, **cap: object):
+    return store.claim(ClaimRequest(agent_id, capacity(**cap), limit, lease_s))  # type: ignore[arg-type]
+
+
+def ok(attempt_id: int) -> Outcome:
+    return Outcome(attempt_id, AttemptState.SUCCEEDED, exit_code=0, output_inline=b"tar")
+
+
+def failed(attempt_id: int, user_error: bool = False) -> Outcome:
+    return Outcome(attempt_id, AttemptState.FAILED, exit_code=3, reason="exit code 3",
+                   user_error=user_error)
+
+
+def test_an_array_submit_returns_one_queued_job_per_index_in_order(store: Store) -> None:
+    ids = store.submit(make_submission(count=5))
+    assert ids == sorted(ids) and len(ids) == 5
+    jobs = store.list_jobs(JobFilter(ids=tuple(ids)))
+    assert [j.array_index for j in jobs] == [0, 1, 2, 3, 4]
+    assert {j.state for j in jobs} == {JobState.QUEUED}
+
+
+def test_the_same_idempotency_key_twice_gives_one_job(store: Store) -> None:
+    first = store.submit(make_submission(idempotency_key="k-1"))
+    again = store.submit(make_submission(idempotency_key="k-1"))
+    assert first == again
+    assert store.count_states()[JobState.QUEUED] == 1
+
+
+def test_claims_take_higher_priority_first_then_submission_order(store: Store) -> None:
+    low = store.submit(make_submission(count=3, priority=0))
+    high = store.submit(make_submission(priority=5))
+    agent = store.register_agent(make_agent())
+    got = [c.job_id for c in claim(store, agent, limit=4, cpus=4)]
+    assert got == [high[0], *low]
+
+
+def test_a_claim_only_takes_jobs_that_fit_the_free_capacity(store: Store) -> None:
+    big = store.submit(make_submission(cpus=4))
+    small = store.submit(make_submission(cpus=1, count=2))
+    gpu = store.submit(make_submission(gpus=1))
+    agent = store.register_agent(make_agent())
+    got = [c.job_id for c in claim(store, agent, limit=10, cpus=2)]
+    assert got == small
+    assert store.get_job(big[0]).state is JobState.QUEUED
+    assert store.get_job(gpu[0]).state is JobState.QUEUED
+
+
+def test_a_claim_honours_required_labels(store: Store) -> None:
+    job = store.submit(make_submission(requires=("ssd",)))
+    agent = store.register_agent(make_agent())
+    assert claim(store, agent) == []
+    got = claim(store, agent, labels=frozenset({"ssd", "x"}))
+    assert [c.job_id for c in got] == job
+
+
+def test_a_claim_creates_a_leased_attempt_and_marks_the_job_running(store: Store) -> None:
+    (job_id,) = store.submit(make_submission())
+    agent = store.register_agent(make_agent())
+    before = time.time()
+    (c,) = claim(store, agent, lease_s=30)
+    assert c.lease_until >= before + 30
+    job = store.get_job(job_id)
+    assert job.state is JobState.RUNNING and job.current_attempt == c.attempt_id
+    (a,) = store.attempts(job_id)
+    assert a.state is AttemptState.RUNNING and a.agent_id == agent
+    kinds = [e.kind for e in store.events(job_id)]
+    assert kinds == ["submitted", "started"]
+
+
+def test_concurrent_claimers_never_get_the_same_job(store_factory: Callable[[], Store]) -> None:
+    setup = store_factory()
+    ids = setup.submit(make_submission(count=300))
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        store = store_factory()
+        agent = store.register_agent(make_agent(f"a{n}"))
+        while mine := claim(store, agent, limit=3, cpus=3):
+            with lock:
+                got.extend(c.job_id for c in mine)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == ids
+
+
+def test_a_success_is_recorded_with_its_output(store: Store) -> None:
+    (job_id,) = store.submit(make_submission())
+    agent = store.register_agent(make_agent())
+    (c,) = claim(store, agent)
+    refused, _ = store.finish(agent, [ok(c.attempt_id)])
+    assert refused == []
+    job = store.get_job(job_id)
+    assert job.state is JobState.SUCCEEDED and job.exit_code == 0
+    ref = store.output_ref(job_id)
+    assert ref is not None and ref.inline == b"tar" and ref.attempt_id == c.attempt_id
+
+
+def test_finishing_can_claim_the_next_job_in_the_same_transaction(store: Store) -> None:
+    first, second = store.submit(make_submission(count=2))
+    agent = store.register_agent(make_agent())
+    (c,) = claim(store, agent, limit=1)
+    _, more = store.finish(agent, [ok(c.attempt_id)],
+                           ClaimRequest(agent, capacity(), 1, 30.0))
+    assert c.job_id == first and [m.job_id for m in more] == [second]
+
+
+def test_a_report_from_a_stale_attempt_is_refused(store: Store) -> None:
+    (job_id,) = store.submit(make_submission())
+    agent = store.register_agent(make_agent())
+    (c,) = claim(store, agent, lease_s=0.05)
+    time.sleep(0.1)
+    store.sweep(lost_cap=3, agent_timeout_s=60)
+    (c2,) = claim(store, agent)
+    refused, _ = store.finish(agent, [ok(c.attempt_id)])
+    assert refused == [c.attempt_id]
+    assert store.get_job(job_id).current_attempt == c2.attempt_id
+    assert store.get_job(job_id).state is JobState.RUNNING
+
+
+def test_another_agent_cannot_report_for_an_attempt(store: Store) -> None:
+    store.submit(make_submission())
+    owner = store.register_agent(make_agent("owner"))
+    other = store.register_agent(make_agent("other"))
+    (c,) = claim(store, owner)
+    refused, _ = store.finish(other, [ok(c.attempt_id)])
+    assert refused == [c.attempt_id]
+
+
+def test_a_failure_with_retries_left_is_requeued_after_its_backoff(store: Store) -> None:
+    retries = Retries(count=1, backoff_s=0.3)
+    (job_id,) = store.submit(make_submission(retries=retries))
+    agent = store.register_agent(make_agent())
+    (c,) = claim(store, agent)
+    store.finish(agent, [failed(c.attempt_id)])
+    job = store.get_job(job_id)
+    assert job.state is JobState.QUEUED and job.retries_left == 0
+    assert claim(store, agent) == []
+    assert 0 < (store.next_due_s() or 0) <= 0.3
+    time.sleep(0.35)
+    (c2,) = claim(store, agent)
+    store.finish(agent, [failed(c2.attempt_id)])
+    job = store.get_job(job_id)
+    assert job.state is JobState.FAILED and job.attempts == 2 and job.exit_code == 3
+
+
+def test_a_user_error_fails_the_job_without_retrying(store: Store) -> None:
+    (job_id,) = store.submit(make_submission(retries=3))
+    agent = store.register_agent(make_agent())
+    (c,) = claim(store, agent)
+    store.finish(agent, [failed(c.attempt_id, user_error=True)])
+    assert store.get_job(job_id).state is JobState.FAILED
+
+
+def test_a_heartbeat_renews_leases_and_reports_cancels_and_drain(store: Store) -> None:
+    job_a, job_b = store.submit(make_submission(count=2))
+    agent = store.register_agent(make_agent())
+    c1, c2 = claim(store, agent, lease_s=1)
+    assert store.kill([job_b]) == [job_b]
+    store.set_drain(agent)
+    reply = store.heartbeat(agent, [c1.attempt_id, c2.attempt_id], lease_s=60)
+    assert reply.renewed == {c1.attempt_id, c2.attempt_id}
+    assert reply.cancel == {c2.attempt_id}
+    assert reply.drain
+    assert reply.lease_until > time.time() + 50
+
+
+def test_an_expired_lease_is_not_renewed(store: Store) -> None:
+    store.submit(make_submission())
+    agent = store.register_agent(make_agent())
+    (c,) = claim(store, agent, lease_s=0.05)
+    time.sleep(0.1)
+    reply = store.heartbeat(agent, [c.attempt_id], lease_s=60)
+    assert reply.renewed == frozenset()
+
+
+def test_killing_a_queued_job_cancels_it_at_once(store: Store) -> None:
+    (job_id,) = store.submit(make_submission())
+    assert store.kill([job_id]) == [job_id]
+    job = store.get_job(job_id)
+    assert job.state is JobState.CANCELLED
+    assert store.events(job_id)[-1].to_state == "cancelled"
+
+
+def test_a_killed_running_job_ends_cancelled_when_its_agent_reports(store: Store) -> None:
+    (job_id,) = store.submit(make_submission())
+    agent = store.register_agent(make_agent())
+    (c,) = claim(store, agent)
+    store.kill([job_id])
+    assert store.get_job(job_id).state is JobState.RUNNING
+    store.finish(agent, [Outcome(c.attempt_id, AttemptState.FAILED, exit_code=-15)])
+    assert store.get_job(job_id).state is JobState.CANCELLED
+
+
+def test_an_expired_lease_loses_the_attempt_and_requeues_the_job(store: Store) -> None:
+    (job_id,) = store.submit(make_submission())
+    agent = store.register_agent(make_agent())
+    (c,) = claim(store, agent, lease_s=0.05)
+    time.sleep(0.1)
+    result = store.sweep(lost_cap=3, agent_timeout_s=60)
+    assert result.lost_attempts == (c.attempt_id,) and result.requeued_jobs == (job_id,)
+    job = store.get_job(job_id)
+    assert job.state is JobState.QUEUED and job.lost_count == 1 and job.retries_left == 0
+    assert [a.state for a in store.attempts(job_id)] == [AttemptState.LOST]
+
+
+def test_a_job_lost_more_than_the_cap_fails_as_lost_too_often(store: Store) -> None:
+    (job_id,) = store.submit(make_submission())
+    agent = store.register_agent(make_agent())
+    for _ in range(3):
+        claim(store, agent, lease_s=0.01)
+        time.sleep(0.03)
+        store.sweep(lost_cap=2, agent_timeout_s=60)
+    job = store.get_job(job_id)
+    assert job.state is JobState.FAILED and job.reason == "lost too often"
+    assert job.lost_count == 3
+
+
+def test_a_killed_job_whose_agent_is_lost_ends_cancelled(store: Store) -> None:
+    (job_id,) = store.submit(make_submission())
+    agent = store.register_agent(make_agent())
+    claim(store, agent, lease_s=0.05)
+    store.kill([job_id])
+    time.sleep(0.1)
+    store.sweep(lost_cap=3, agent_timeout_s=60)
+    assert store.get_job(job_id).state is JobState.CANCELLED
+
+
+def test_silent_agents_are_marked_gone(store: Store) -> None:
+    agent = store.register_agent(make_agent())
+    time.sleep(0.05)
+    assert store.sweep(lost_cap=3, agent_timeout_s=0.01).lost_agents == (agent,)
+    assert store.list_agents() == []
+    assert [a.state for a in store.list_agents(include_gone=True)] == ["gone"]
+
+
+def test_a_running_job_cannot_be_removed_but_a_finished_one_can(store: Store) -> None:
+    running, done = store.submit(make_submission(count=2))
+    agent = store.register_agent(make_agent())
+    c1, c2 = claim(store, agent)
+    store.finish(agent, [ok(c2.attempt_id)])
+    with pytest.raises(Conflict, match=str(running)):
+        store.remove([running])
+    assert store.remove([done]) == [done]
+    with pytest.raises(NotFound):
+        store.get_job(done)
+
+
+def test_retry_requeues_a_failed_job_with_its_retries_restored(store: Store) -> None:
+    (job_id,) = store.submit(make_submission(retries=Retries(count=2, backoff_s=0)))
+    agent = store.register_agent(make_agent())
+    for _ in range(3):
+        (c,) = claim(store, agent)
+        store.finish(agent, [failed(c.attempt_id)])
+    assert store.get_job(job_id).state is JobState.FAILED
+    assert store.retry([job_id]) == [job_id]
+    job = store.get_job(job_id)
+    assert job.state is JobState.QUEUED and job.retries_left == 2
+    assert store.retry([job_id]) == []
+
+
+def test_only_one_owner_holds_a_lock_until_it_expires(store: Store) -> None:
+    assert store.try_lock("sweeper", "a", ttl_s=0.1)
+    assert not store.try_lock("sweeper", "b", ttl_s=0.1)
+    assert store.try_lock("sweeper", "a", ttl_s=0.1)
+    time.sleep(0.15)
+    assert store.try_lock("sweeper", "b", ttl_s=0.1)
+    assert not store.try_lock("sweeper", "a", ttl_s=0.1)
+
+
+def test_listing_filters_by_state_and_tag_and_pages(store: Store) -> None:
+    tagged = store.submit(make_submission(count=3, tags=("x",)))
+    other = store.submit(make_submission(count=2))
+    store.kill([other[0]])
+    assert [j.id for j in store.list_jobs(JobFilter(tags=frozenset({"x"})))] == tagged
+    assert [j.id for j in store.list_jobs(JobFilter(states=frozenset({JobState.CANCELLED})))] == [other[0]]
+    page = store.list_jobs(JobFilter(after_id=tagged[0], limit=2))
+    assert [j.id for j in page] == tagged[1:3]
+    assert store.list_jobs(JobFilter(tags=frozenset({"x"})))[0].tags == ("x",)
+
+
+def test_counting_states_of_given_jobs(store: Store) -> None:
+    ids = store.submit(make_submission(count=4))
+    store.submit(make_submission(count=3))
+    store.kill(ids[:1])
+    counts = store.count_states(ids)
+    assert counts[JobState.QUEUED] == 3 and counts[JobState.CANCELLED] == 1
+    assert sum(store.count_states().values()) == 7
+
+
+def test_unknown_jobs_are_not_found(store: Store) -> None:
+    with pytest.raises(NotFound, match="job 99"):
+        store.get_job(99)
+    with pytest.raises(NotFound):
+        store.job_spec(99)
+    assert store.output_ref(99) is None

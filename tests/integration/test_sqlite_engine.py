@@ -1,0 +1,57 @@
+"""What is particular to the SQLite engine: schema, migrations, durability settings."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from clobi.store import queries
+from clobi.store.sqlite import SqliteStore, migrate
+
+
+def _schema_of(conn: sqlite3.Connection) -> set[tuple[str, str, str]]:
+    rows = conn.execute("SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL")
+    return {(t, n, " ".join(s.split())) for t, n, s in rows}
+
+
+def test_migrating_from_empty_gives_exactly_the_current_schema(tmp_path: Path) -> None:
+    migrated = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
+    version = migrate(migrated)
+    reference = sqlite3.connect(tmp_path / "r.db", isolation_level=None)
+    reference.executescript(queries.sql_file("schema.sql"))
+    assert _schema_of(migrated) == _schema_of(reference)
+    assert version == max(v for v, _ in queries.migrations())
+
+
+def test_migrating_twice_changes_nothing(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
+    first = migrate(conn)
+    before = _schema_of(conn)
+    assert migrate(conn) == first
+    assert _schema_of(conn) == before
+
+
+def test_the_store_is_durable_wal_with_full_sync(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "c.db")
+    try:
+        conn = store._conn
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    finally:
+        store.close()
+
+
+def test_every_named_query_is_valid_sql(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "c.db")
+    try:
+        for name, sql in queries.load().items():
+            text = sql.format(ids="1", where="", job_clause="")
+            store._conn.execute(f"EXPLAIN {text}", {k: None for k in _params(text)})
+    finally:
+        store.close()
+
+
+def _params(sql: str) -> set[str]:
+    import re
+
+    return set(re.findall(r"(?<!:):(\w+)", sql))

@@ -25,8 +25,11 @@ def need(condition: bool, why: str) -> None:
 
 def make_spec(**overrides: Any) -> JobSpec:
     """A small valid spec; keyword arguments replace fields (`cpus=2` sets resources)."""
-    resources = {k: overrides.pop(k) for k in ("cpus", "memory_bytes", "gpus", "walltime_s")
-                 if k in overrides}
+    resources = {
+        k: overrides.pop(k)
+        for k in ("cpus", "memory_bytes", "gpus", "walltime_s")
+        if k in overrides
+    }
     retries = overrides.pop("retries", None)
     count = overrides.pop("count", None)
     spec: dict[str, Any] = {"command": ("true",), **overrides}
@@ -46,14 +49,24 @@ def make_submission(**overrides: Any) -> Submission:
     return Submission(spec=make_spec(**overrides), idempotency_key=key, owner="tester")
 
 
-def make_agent(name: str = "agent-1", cpus: float = 4, memory_bytes: int = 8 << 30,
-               gpus: int = 0, labels: frozenset[str] = frozenset()) -> AgentInfo:
-    return AgentInfo(name=name, host="testhost", cpus=cpus, memory_bytes=memory_bytes,
-                     gpus=gpus, labels=labels)
+def make_agent(
+    name: str = "agent-1",
+    cpus: float = 4,
+    memory_bytes: int = 8 << 30,
+    gpus: int = 0,
+    labels: frozenset[str] = frozenset(),
+) -> AgentInfo:
+    return AgentInfo(
+        name=name, host="testhost", cpus=cpus, memory_bytes=memory_bytes, gpus=gpus, labels=labels
+    )
 
 
-def capacity(cpus: float = 4, memory_bytes: int = 8 << 30, gpus: int = 0,
-             labels: frozenset[str] = frozenset()) -> Capacity:
+def capacity(
+    cpus: float = 4,
+    memory_bytes: int = 8 << 30,
+    gpus: int = 0,
+    labels: frozenset[str] = frozenset(),
+) -> Capacity:
     return Capacity(cpus=cpus, memory_bytes=memory_bytes, gpus=gpus, labels=labels)
 
 

@@ -32,7 +32,9 @@ class SpecError(ClobiError):
         where = f"{source}: " if source else ""
         lines = "\n".join(f"  {p}" for p in self.problems)
         noun = "problem" if len(problems) == 1 else "problems"
-        super().__init__(f"{where}{len(problems)} {noun} in the job spec, nothing was submitted:\n{lines}")
+        super().__init__(
+            f"{where}{len(problems)} {noun} in the job spec, nothing was submitted:\n{lines}"
+        )
 
 
 class NotFound(ClobiError):

@@ -65,8 +65,10 @@ def open_store(url: str, base: Path) -> Store:
 
         return SqliteStore.from_url(url, base)
     if scheme in ("postgres", "postgresql"):
-        raise MissingExtra(f"store {url}: PostgreSQL stores need `pip install clobi[postgres]` "
-                           "and a shared session (not available yet)")
+        raise MissingExtra(
+            f"store {url}: PostgreSQL stores need `pip install clobi[postgres]` "
+            "and a shared session (not available yet)"
+        )
     raise SessionError(f"store {url!r}: unknown scheme {scheme!r} (expected sqlite:)")
 
 
@@ -76,12 +78,13 @@ def open_sandbox(url: str, base: Path) -> SandboxStore:
     if scheme == "file":
         from clobi.sandbox.local import LocalSandbox
 
-        path = url[len("file:"):]
+        path = url[len("file:") :]
         path = path[2:] if path.startswith("//") else path
         return LocalSandbox(Path(path) if path.startswith("/") else base / path)
     if scheme == "s3":
-        raise MissingExtra(f"sandbox {url}: S3 sandboxes need `pip install clobi[s3]` "
-                           "(not available yet)")
+        raise MissingExtra(
+            f"sandbox {url}: S3 sandboxes need `pip install clobi[s3]` (not available yet)"
+        )
     raise SessionError(f"sandbox {url!r}: unknown scheme {scheme!r} (expected file:)")
 
 
@@ -108,8 +111,10 @@ def load_session(directory: Path) -> Session:
     try:
         data = tomllib.loads(config.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise SessionError(f"{directory}: not a Clobi session (no {CONFIG_NAME}); "
-                           f"create one with `clobi session init {directory}`") from None
+        raise SessionError(
+            f"{directory}: not a Clobi session (no {CONFIG_NAME}); "
+            f"create one with `clobi session init {directory}`"
+        ) from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise SessionError(f"{config}: {exc}") from None
     table = data.get("session", {})
@@ -136,8 +141,10 @@ def find_session(
     for folder in (here, *here.parents):
         if (folder / CONFIG_NAME).is_file():
             return load_session(folder)
-    raise SessionError("no session: pass --session DIR, set CLOBI_SESSION, or create one with "
-                       "`clobi session init DIR`")
+    raise SessionError(
+        "no session: pass --session DIR, set CLOBI_SESSION, or create one with "
+        "`clobi session init DIR`"
+    )
 
 
 def _settings(table: Mapping[str, Any], config: Path) -> Settings:

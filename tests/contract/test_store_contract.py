@@ -25,8 +25,9 @@ def ok(attempt_id: int) -> Outcome:
 
 
 def failed(attempt_id: int, user_error: bool = False) -> Outcome:
-    return Outcome(attempt_id, AttemptState.FAILED, exit_code=3, reason="exit code 3",
-                   user_error=user_error)
+    return Outcome(
+        attempt_id, AttemptState.FAILED, exit_code=3, reason="exit code 3", user_error=user_error
+    )
 
 
 def test_an_array_submit_returns_one_queued_job_per_index_in_order(store: Store) -> None:
@@ -122,8 +123,7 @@ def test_finishing_can_claim_the_next_job_in_the_same_transaction(store: Store) 
     first, second = store.submit(make_submission(count=2))
     agent = store.register_agent(make_agent())
     (c,) = claim(store, agent, limit=1)
-    _, more = store.finish(agent, [ok(c.attempt_id)],
-                           ClaimRequest(agent, capacity(), 1, 30.0))
+    _, more = store.finish(agent, [ok(c.attempt_id)], ClaimRequest(agent, capacity(), 1, 30.0))
     assert c.job_id == first and [m.job_id for m in more] == [second]
 
 
@@ -175,7 +175,7 @@ def test_a_user_error_fails_the_job_without_retrying(store: Store) -> None:
 
 
 def test_a_heartbeat_renews_leases_and_reports_cancels_and_drain(store: Store) -> None:
-    job_a, job_b = store.submit(make_submission(count=2))
+    _job_a, job_b = store.submit(make_submission(count=2))
     agent = store.register_agent(make_agent())
     c1, c2 = claim(store, agent, lease_s=1)
     assert store.kill([job_b]) == [job_b]
@@ -259,7 +259,7 @@ def test_silent_agents_are_marked_gone(store: Store) -> None:
 def test_a_running_job_cannot_be_removed_but_a_finished_one_can(store: Store) -> None:
     running, done = store.submit(make_submission(count=2))
     agent = store.register_agent(make_agent())
-    c1, c2 = claim(store, agent)
+    _c1, c2 = claim(store, agent)
     store.finish(agent, [ok(c2.attempt_id)])
     with pytest.raises(Conflict, match=str(running)):
         store.remove([running])
@@ -295,7 +295,9 @@ def test_listing_filters_by_state_and_tag_and_pages(store: Store) -> None:
     other = store.submit(make_submission(count=2))
     store.kill([other[0]])
     assert [j.id for j in store.list_jobs(JobFilter(tags=frozenset({"x"})))] == tagged
-    assert [j.id for j in store.list_jobs(JobFilter(states=frozenset({JobState.CANCELLED})))] == [other[0]]
+    assert [j.id for j in store.list_jobs(JobFilter(states=frozenset({JobState.CANCELLED})))] == [
+        other[0]
+    ]
     page = store.list_jobs(JobFilter(after_id=tagged[0], limit=2))
     assert [j.id for j in page] == tagged[1:3]
     assert store.list_jobs(JobFilter(tags=frozenset({"x"})))[0].tags == ("x",)

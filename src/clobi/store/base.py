@@ -112,7 +112,9 @@ class Store(ABC):
         attempt ids whose report was refused as stale, and the new claims."""
 
     @abstractmethod
-    def heartbeat(self, agent_id: int, attempt_ids: Sequence[int], lease_s: float) -> HeartbeatReply:
+    def heartbeat(
+        self, agent_id: int, attempt_ids: Sequence[int], lease_s: float
+    ) -> HeartbeatReply:
         """Renew the agent's liveness and its running attempts' leases."""
 
     @abstractmethod

@@ -14,7 +14,9 @@ def load(filename: str = "queries.sql") -> dict[str, str]:
     """Query name -> SQL text, from a file in `clobi/store/sql`."""
     text = resources.files("clobi.store.sql").joinpath(filename).read_text(encoding="utf-8")
     parts = _NAME.split(text)
-    return {name: body.strip().rstrip(";") for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+    return {
+        name: body.strip().rstrip(";") for name, body in zip(parts[1::2], parts[2::2], strict=True)
+    }
 
 
 def sql_file(filename: str) -> str:

@@ -58,16 +58,26 @@ class SqlCore:
         now: float,
         kind: str,
         job_id: int | None = None,
+        *,
         attempt_id: int | None = None,
         agent_id: int | None = None,
         from_state: str = "",
         to_state: str = "",
         detail: str = "",
     ) -> None:
-        cur.execute(self.q["insert_event"], {
-            "now": now, "job_id": job_id, "attempt_id": attempt_id, "agent_id": agent_id,
-            "kind": kind, "from_state": from_state, "to_state": to_state, "detail": detail,
-        })
+        cur.execute(
+            self.q["insert_event"],
+            {
+                "now": now,
+                "job_id": job_id,
+                "attempt_id": attempt_id,
+                "agent_id": agent_id,
+                "kind": kind,
+                "from_state": from_state,
+                "to_state": to_state,
+                "detail": detail,
+            },
+        )
 
     def _spec(self, cur: Cursor, spec_id: int) -> tuple[JobSpec, str | None]:
         """A spec by id, parsed once per store (arrays share one spec row)."""
@@ -94,27 +104,55 @@ class SqlCore:
 
 def job_from_row(row: Sequence[Any], tags: tuple[str, ...]) -> JobRecord:
     return JobRecord(
-        id=row[0], spec_id=row[1], name=row[2], state=JobState(row[3]), priority=row[4],
-        array_index=row[5], created_at=row[6], updated_at=row[7], attempts=row[8],
-        retries_left=row[9], lost_count=row[10], exit_code=row[11], reason=row[12],
-        tags=tags, owner=row[13], current_attempt=row[14], cancel_requested=bool(row[15]),
+        id=row[0],
+        spec_id=row[1],
+        name=row[2],
+        state=JobState(row[3]),
+        priority=row[4],
+        array_index=row[5],
+        created_at=row[6],
+        updated_at=row[7],
+        attempts=row[8],
+        retries_left=row[9],
+        lost_count=row[10],
+        exit_code=row[11],
+        reason=row[12],
+        tags=tags,
+        owner=row[13],
+        current_attempt=row[14],
+        cancel_requested=bool(row[15]),
         not_before=row[16],
     )
 
 
 def attempt_from_row(row: Sequence[Any]) -> AttemptRecord:
     return AttemptRecord(
-        id=row[0], job_id=row[1], agent_id=row[2], agent_name=row[3],
-        state=AttemptState(row[4]), started_at=row[5], ended_at=row[6], lease_until=row[7],
-        exit_code=row[8], reason=row[9], workdir=f"{row[10]}/{row[0]}" if row[10] else "",
+        id=row[0],
+        job_id=row[1],
+        agent_id=row[2],
+        agent_name=row[3],
+        state=AttemptState(row[4]),
+        started_at=row[5],
+        ended_at=row[6],
+        lease_until=row[7],
+        exit_code=row[8],
+        reason=row[9],
+        workdir=f"{row[10]}/{row[0]}" if row[10] else "",
         has_output=bool(row[11]),
     )
 
 
 def event_from_row(row: Sequence[Any]) -> Event:
     return Event(
-        id=row[0], ts=row[1], job_id=row[2], attempt_id=row[3], agent_id=row[4], kind=row[5],
-        from_state=row[6], to_state=row[7], detail=row[8],
+        id=row[0],
+        ts=row[1],
+        job_id=row[2],
+        attempt_id=row[3],
+        agent_id=row[4],
+        kind=row[5],
+        from_state=row[6],
+        to_state=row[7],
+        detail=row[8],
     )
 
 

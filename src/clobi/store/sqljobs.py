@@ -25,19 +25,40 @@ class SqlJobs(SqlCore):
                     cur.execute(self.q["job_ids_of_spec"], {"spec_id": row[0]})
                     return [r[0] for r in cur.fetchall()]
             now = self._now()
-            spec_id = self._insert(cur, self.q["insert_spec"], {
-                "spec_json": spec.to_json(), "input_sha256": submission.input_sha256,
-                "owner": submission.owner, "idempotency_key": submission.idempotency_key,
-                "job_count": spec.job_count, "now": now,
-            })
-            cur.executemany(self.q["insert_tag"], [{"tag": t, "spec_id": spec_id} for t in spec.tags])
+            spec_id = self._insert(
+                cur,
+                self.q["insert_spec"],
+                {
+                    "spec_json": spec.to_json(),
+                    "input_sha256": submission.input_sha256,
+                    "owner": submission.owner,
+                    "idempotency_key": submission.idempotency_key,
+                    "job_count": spec.job_count,
+                    "now": now,
+                },
+            )
+            cur.executemany(
+                self.q["insert_tag"], [{"tag": t, "spec_id": spec_id} for t in spec.tags]
+            )
             cur.executemany(self.q["insert_job"], _job_rows(spec, spec_id, submission.owner, now))
             cur.execute(self.q["job_ids_of_spec"], {"spec_id": spec_id})
             ids = [r[0] for r in cur.fetchall()]
-            cur.executemany(self.q["insert_event"], [{
-                "now": now, "job_id": i, "attempt_id": None, "agent_id": None,
-                "kind": "submitted", "from_state": "", "to_state": "queued", "detail": "",
-            } for i in ids])
+            cur.executemany(
+                self.q["insert_event"],
+                [
+                    {
+                        "now": now,
+                        "job_id": i,
+                        "attempt_id": None,
+                        "agent_id": None,
+                        "kind": "submitted",
+                        "from_state": "",
+                        "to_state": "queued",
+                        "detail": "",
+                    }
+                    for i in ids
+                ],
+            )
             return ids
 
     def get_job(self, job_id: int) -> JobRecord:
@@ -82,7 +103,9 @@ class SqlJobs(SqlCore):
             cur.execute(self.q["select_attempts"], {"job_id": job_id})
             return [attempt_from_row(r) for r in cur.fetchall()]
 
-    def events(self, job_id: int | None = None, after_id: int = 0, limit: int = 1000) -> list[Event]:
+    def events(
+        self, job_id: int | None = None, after_id: int = 0, limit: int = 1000
+    ) -> list[Event]:
         clause = "" if job_id is None else "AND job_id = :job_id"
         sql = self.q["select_events"].format(job_clause=clause)
         with self._tx(write=False) as cur:
@@ -94,13 +117,16 @@ class SqlJobs(SqlCore):
             if attempt_id is None:
                 cur.execute(self.q["latest_output"], {"job_id": job_id})
             else:
-                cur.execute(self.q["output_of_attempt"], {"job_id": job_id, "attempt_id": attempt_id})
+                cur.execute(
+                    self.q["output_of_attempt"], {"job_id": job_id, "attempt_id": attempt_id}
+                )
             row = cur.fetchone()
         if row is None or (row[2] is None and row[3] is None):
             return None
         inline = bytes(row[3]) if row[3] is not None else None
-        return OutputRef(attempt_id=row[0], job_id=row[1], key=row[2], inline=inline,
-                         size=row[4], sha256=row[5])
+        return OutputRef(
+            attempt_id=row[0], job_id=row[1], key=row[2], inline=inline, size=row[4], sha256=row[5]
+        )
 
     def kill(self, job_ids: Sequence[int]) -> list[int]:
         done: list[int] = []
@@ -109,8 +135,15 @@ class SqlJobs(SqlCore):
             for job_id in job_ids:
                 cur.execute(self.q["cancel_queued"], {"job_id": job_id, "now": now})
                 if cur.rowcount == 1:
-                    self._event(cur, now, "cancelled", job_id, from_state="queued",
-                                to_state="cancelled", detail="killed by user")
+                    self._event(
+                        cur,
+                        now,
+                        "cancelled",
+                        job_id,
+                        from_state="queued",
+                        to_state="cancelled",
+                        detail="killed by user",
+                    )
                     done.append(job_id)
                     continue
                 cur.execute(self.q["request_cancel"], {"job_id": job_id, "now": now})
@@ -146,11 +179,20 @@ class SqlJobs(SqlCore):
                     continue
                 spec, _ = self._spec(cur, row[0])
                 old = _state_of(cur, job_id)
-                cur.execute(self.q["retry_job"], {
-                    "job_id": job_id, "now": now, "retries_left": spec.retries.count})
+                cur.execute(
+                    self.q["retry_job"],
+                    {"job_id": job_id, "now": now, "retries_left": spec.retries.count},
+                )
                 if cur.rowcount == 1:
-                    self._event(cur, now, "retried", job_id, from_state=str(old), to_state="queued",
-                                detail="retried by user")
+                    self._event(
+                        cur,
+                        now,
+                        "retried",
+                        job_id,
+                        from_state=str(old),
+                        to_state="queued",
+                        detail="retried by user",
+                    )
                     requeued.append(job_id)
         return requeued
 
@@ -158,9 +200,15 @@ class SqlJobs(SqlCore):
 def _job_rows(spec: JobSpec, spec_id: int, owner: str, now: float) -> Iterator[dict[str, Any]]:
     res = spec.resources
     base = {
-        "spec_id": spec_id, "name": spec.name, "owner": owner, "priority": spec.priority,
-        "cpus": res.cpus, "memory_bytes": res.memory_bytes, "gpus": res.gpus,
-        "requires": " ".join(sorted(spec.requires)) or None, "now": now,
+        "spec_id": spec_id,
+        "name": spec.name,
+        "owner": owner,
+        "priority": spec.priority,
+        "cpus": res.cpus,
+        "memory_bytes": res.memory_bytes,
+        "gpus": res.gpus,
+        "requires": " ".join(sorted(spec.requires)) or None,
+        "now": now,
         "retries_left": spec.retries.count,
     }
     if spec.array is None:
@@ -174,7 +222,9 @@ def _filter_sql(flt: JobFilter) -> tuple[list[str], dict[str, Any]]:
     where = ["j.id > :after_id"]
     params: dict[str, Any] = {"after_id": flt.after_id}
     if flt.states:
-        where.append("j.state IN ({})".format(",".join(f"'{JobState(s).value}'" for s in flt.states)))
+        where.append(
+            "j.state IN ({})".format(",".join(f"'{JobState(s).value}'" for s in flt.states))
+        )
     if flt.ids:
         where.append("j.id IN ({})".format(",".join(str(int(i)) for i in flt.ids)))
     if flt.owner is not None:

@@ -29,11 +29,21 @@ class SqlWork(SqlCore):
     def register_agent(self, info: AgentInfo) -> int:
         with self._tx() as cur:
             now = self._now()
-            agent_id = self._insert(cur, self.q["insert_agent"], {
-                "name": info.name, "host": info.host, "pool": info.pool, "cpus": info.cpus,
-                "memory_bytes": info.memory_bytes, "gpus": info.gpus,
-                "labels": labels_text(info.labels), "pid": info.pid, "now": now,
-            })
+            agent_id = self._insert(
+                cur,
+                self.q["insert_agent"],
+                {
+                    "name": info.name,
+                    "host": info.host,
+                    "pool": info.pool,
+                    "cpus": info.cpus,
+                    "memory_bytes": info.memory_bytes,
+                    "gpus": info.gpus,
+                    "labels": labels_text(info.labels),
+                    "pid": info.pid,
+                    "now": now,
+                },
+            )
             self._event(cur, now, "agent_up", agent_id=agent_id, detail=info.name)
             return agent_id
 
@@ -48,19 +58,25 @@ class SqlWork(SqlCore):
     ) -> tuple[list[int], list[Claim]]:
         with self._tx() as cur:
             now = self._now()
-            refused = [o.attempt_id for o in outcomes if not self._finish_one(cur, agent_id, o, now)]
+            refused = [
+                o.attempt_id for o in outcomes if not self._finish_one(cur, agent_id, o, now)
+            ]
             claims = self._claim(cur, then, now) if then is not None and then.limit > 0 else []
             return refused, claims
 
-    def heartbeat(self, agent_id: int, attempt_ids: Sequence[int], lease_s: float) -> HeartbeatReply:
+    def heartbeat(
+        self, agent_id: int, attempt_ids: Sequence[int], lease_s: float
+    ) -> HeartbeatReply:
         with self._tx() as cur:
             now = self._now()
             until = now + lease_s
             cur.execute(self.q["touch_agent"], {"agent_id": agent_id, "now": now})
             if attempt_ids:
                 ids = ",".join(str(int(i)) for i in attempt_ids)
-                cur.execute(self.q["renew_leases"].format(ids=ids),
-                            {"agent_id": agent_id, "lease_until": until, "now": now})
+                cur.execute(
+                    self.q["renew_leases"].format(ids=ids),
+                    {"agent_id": agent_id, "lease_until": until, "now": now},
+                )
             cur.execute(self.q["running_of_agent"], {"agent_id": agent_id, "now": now})
             running = cur.fetchall()
             cur.execute(self.q["agent_flags"], {"agent_id": agent_id})
@@ -76,8 +92,9 @@ class SqlWork(SqlCore):
     def set_drain(self, agent_id: int, drain: bool = True) -> None:
         with self._tx() as cur:
             cur.execute(self.q["set_drain"], {"agent_id": agent_id, "drain": int(drain)})
-            self._event(cur, self._now(), "agent_drain" if drain else "agent_undrain",
-                        agent_id=agent_id)
+            self._event(
+                cur, self._now(), "agent_drain" if drain else "agent_undrain", agent_id=agent_id
+            )
 
     def agent_exited(self, agent_id: int) -> None:
         with self._tx() as cur:
@@ -95,8 +112,10 @@ class SqlWork(SqlCore):
     def try_lock(self, name: str, owner: str, ttl_s: float) -> bool:
         with self._tx() as cur:
             now = self._now()
-            cur.execute(self.q["take_lock"],
-                        {"name": name, "owner": owner, "until": now + ttl_s, "now": now})
+            cur.execute(
+                self.q["take_lock"],
+                {"name": name, "owner": owner, "until": now + ttl_s, "now": now},
+            )
             cur.execute(self.q["lock_owner"], {"name": name})
             row = cur.fetchone()
             return row is not None and row[0] == owner
@@ -105,7 +124,12 @@ class SqlWork(SqlCore):
         with self._tx() as cur:
             now = self._now()
             cur.execute(self.q["expired_attempts"], {"now": now})
-            outcome: dict[str, list[int]] = {"lost": [], "queued": [], "failed": [], "cancelled": []}
+            outcome: dict[str, list[int]] = {
+                "lost": [],
+                "queued": [],
+                "failed": [],
+                "cancelled": [],
+            }
             for row in cur.fetchall():
                 self._lose(cur, row, lost_cap, now, outcome)
             cur.execute(self.q["silent_agents"], {"deadline": now - agent_timeout_s})
@@ -114,8 +138,10 @@ class SqlWork(SqlCore):
                 cur.execute(self.q["agent_gone"], {"agent_id": agent_id, "now": now})
                 self._event(cur, now, "agent_lost", agent_id=agent_id, detail="no heartbeat")
         return SweepResult(
-            lost_attempts=tuple(outcome["lost"]), requeued_jobs=tuple(outcome["queued"]),
-            failed_jobs=tuple(outcome["failed"]), cancelled_jobs=tuple(outcome["cancelled"]),
+            lost_attempts=tuple(outcome["lost"]),
+            requeued_jobs=tuple(outcome["queued"]),
+            failed_jobs=tuple(outcome["failed"]),
+            cancelled_jobs=tuple(outcome["cancelled"]),
             lost_agents=tuple(silent),
         )
 
@@ -132,41 +158,90 @@ class SqlWork(SqlCore):
     # --- internals ----------------------------------------------------------------------
     def _claim(self, cur: Cursor, req: ClaimRequest, now: float) -> list[Claim]:
         cap = req.capacity
-        cur.execute(self.q["claim_candidates"], {
-            "now": now, "cpus": cap.cpus, "memory": cap.memory_bytes, "gpus": cap.gpus,
-            "scan": max(16, req.limit * _SCAN_FACTOR),
-        })
+        cur.execute(
+            self.q["claim_candidates"],
+            {
+                "now": now,
+                "cpus": cap.cpus,
+                "memory": cap.memory_bytes,
+                "gpus": cap.gpus,
+                "scan": max(16, req.limit * _SCAN_FACTOR),
+            },
+        )
         picked = _pack(cur.fetchall(), cap, req.limit)
         claims: list[Claim] = []
         for job_id, spec_id, index in picked:
-            attempt_id = self._insert(cur, self.q["insert_attempt"], {
-                "job_id": job_id, "agent_id": req.agent_id, "now": now,
-                "lease_until": now + req.lease_s, "workdir": req.workdir_root,
-            })
-            cur.execute(self.q["mark_running"], {"job_id": job_id, "attempt_id": attempt_id, "now": now})
+            attempt_id = self._insert(
+                cur,
+                self.q["insert_attempt"],
+                {
+                    "job_id": job_id,
+                    "agent_id": req.agent_id,
+                    "now": now,
+                    "lease_until": now + req.lease_s,
+                    "workdir": req.workdir_root,
+                },
+            )
+            cur.execute(
+                self.q["mark_running"], {"job_id": job_id, "attempt_id": attempt_id, "now": now}
+            )
             if cur.rowcount != 1:  # cannot happen inside the write lock; refuse loudly if it does
                 raise RuntimeError(f"job {job_id}: claimed twice")
-            self._event(cur, now, "started", job_id, attempt_id, req.agent_id, "queued", "running")
+            self._event(
+                cur,
+                now,
+                "started",
+                job_id,
+                attempt_id=attempt_id,
+                agent_id=req.agent_id,
+                from_state="queued",
+                to_state="running",
+            )
             spec, sha = self._spec(cur, spec_id)
             claims.append(Claim(attempt_id, job_id, spec, index, sha, now + req.lease_s))
         return claims
 
     def _finish_one(self, cur: Cursor, agent_id: int, o: Outcome, now: float) -> bool:
-        cur.execute(self.q["attempt_for_finish"], {"attempt_id": o.attempt_id, "agent_id": agent_id})
+        cur.execute(
+            self.q["attempt_for_finish"], {"attempt_id": o.attempt_id, "agent_id": agent_id}
+        )
         row = cur.fetchone()
         if row is None or row[1] != "running" or row[2] != "running" or row[3] != o.attempt_id:
             return False
-        job_id, retries_left, attempts, cancel_requested, spec_id = row[0], row[4], row[5], row[6], row[7]
-        cur.execute(self.q["end_attempt"], {
-            "state": o.state.value, "now": now, "exit_code": o.exit_code, "reason": o.reason,
-            "output_key": o.output_key, "output_inline": o.output_inline,
-            "output_size": o.output_size, "output_sha256": o.output_sha256,
+        job_id, retries_left, attempts, cancel_requested, spec_id = (
+            row[0],
+            row[4],
+            row[5],
+            row[6],
+            row[7],
+        )
+        cur.execute(
+            self.q["end_attempt"],
+            {
+                "state": o.state.value,
+                "now": now,
+                "exit_code": o.exit_code,
+                "reason": o.reason,
+                "output_key": o.output_key,
+                "output_inline": o.output_inline,
+                "output_size": o.output_size,
+                "output_sha256": o.output_sha256,
+                "attempt_id": o.attempt_id,
+            },
+        )
+        params = {
+            "job_id": job_id,
             "attempt_id": o.attempt_id,
-        })
-        params = {"job_id": job_id, "attempt_id": o.attempt_id, "now": now,
-                  "exit_code": o.exit_code, "reason": o.reason}
-        retry = (o.state is AttemptState.FAILED and not o.user_error and retries_left > 0
-                 and not cancel_requested)
+            "now": now,
+            "exit_code": o.exit_code,
+            "reason": o.reason,
+        }
+        retry = (
+            o.state is AttemptState.FAILED
+            and not o.user_error
+            and retries_left > 0
+            and not cancel_requested
+        )
         if retry:
             spec, _ = self._spec(cur, spec_id)
             delay = spec.retries.delay_s(spec.retries.count - retries_left + 1)
@@ -175,15 +250,27 @@ class SqlWork(SqlCore):
         else:
             to = JobState.CANCELLED if cancel_requested else job_state_for(o.state)
             cur.execute(self.q["end_job"], {**params, "state": to.value})
-        self._event(cur, now, "retry" if retry else str(to), job_id, o.attempt_id, agent_id,
-                    "running", str(to), _detail(o, attempts))
+        self._event(
+            cur,
+            now,
+            "retry" if retry else str(to),
+            job_id,
+            attempt_id=o.attempt_id,
+            agent_id=agent_id,
+            from_state="running",
+            to_state=str(to),
+            detail=_detail(o, attempts),
+        )
         return True
 
-    def _lose(self, cur: Cursor, row: Sequence[Any], cap: int, now: float,
-              out: dict[str, list[int]]) -> None:
+    def _lose(
+        self, cur: Cursor, row: Sequence[Any], cap: int, now: float, out: dict[str, list[int]]
+    ) -> None:
         attempt_id, job_id, agent_id, lost_count, cancel_requested, state, current = row
-        cur.execute(self.q["lose_attempt"], {"attempt_id": attempt_id, "now": now,
-                                             "reason": "lease expired"})
+        cur.execute(
+            self.q["lose_attempt"],
+            {"attempt_id": attempt_id, "now": now, "reason": "lease expired"},
+        )
         out["lost"].append(attempt_id)
         if state != "running" or current != attempt_id:
             return
@@ -197,9 +284,20 @@ class SqlWork(SqlCore):
         if to is JobState.QUEUED:
             cur.execute(self.q["requeue_lost"], {**params, "reason": reason})
         else:
-            cur.execute(self.q["end_lost"], {**params, "state": to.value, "reason": reason,
-                                             "lost_inc": inc})
-        self._event(cur, now, "lost", job_id, attempt_id, agent_id, "running", str(to), reason)
+            cur.execute(
+                self.q["end_lost"], {**params, "state": to.value, "reason": reason, "lost_inc": inc}
+            )
+        self._event(
+            cur,
+            now,
+            "lost",
+            job_id,
+            attempt_id=attempt_id,
+            agent_id=agent_id,
+            from_state="running",
+            to_state=str(to),
+            detail=reason,
+        )
         out[str(to)].append(job_id)
 
 
@@ -228,7 +326,18 @@ def _detail(o: Outcome, attempts: int) -> str:
 
 def _agent_from_row(r: Sequence[Any]) -> AgentRecord:
     return AgentRecord(
-        id=r[0], name=r[1], host=r[2], pool=r[3], state=r[4], cpus=r[5], memory_bytes=r[6],
-        gpus=r[7], labels=tuple(json.loads(r[8] or "[]")), started_at=r[9], last_seen=r[10],
-        drain=bool(r[11]), running=r[12], pid=r[13],
+        id=r[0],
+        name=r[1],
+        host=r[2],
+        pool=r[3],
+        state=r[4],
+        cpus=r[5],
+        memory_bytes=r[6],
+        gpus=r[7],
+        labels=tuple(json.loads(r[8] or "[]")),
+        started_at=r[9],
+        last_seen=r[10],
+        drain=bool(r[11]),
+        running=r[12],
+        pid=r[13],
     )

@@ -1,0 +1,319 @@
+"""The agent: one single-threaded loop that claims, runs, watches and reports jobs.
+
+Each turn: reap ended processes, enforce walltimes and kill escalations, heartbeat when due
+(renew leases, learn about cancels and drain), self-fence if leases could not be renewed, sweep
+if this agent holds the sweeper lock, report outcomes and claim more in one transaction, start
+what was claimed, then sleep on the children's pidfds and the doorbell until something happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from clobi.agent import attempt as att
+from clobi.agent import process
+from clobi.errors import ClobiError
+from clobi.model.records import AgentInfo, Capacity, Claim, Outcome
+from clobi.model.states import AttemptState
+from clobi.sandbox.base import SandboxStore
+from clobi.session import Session
+from clobi.store.base import ClaimRequest, Store
+
+log = logging.getLogger("clobi.agent")
+
+IDLE_POLL_S = 1.0  # claim attempt without a doorbell ring, for backoff-delayed jobs
+
+
+@dataclass
+class AgentOptions:
+    """How much of this machine the agent offers, and who it says it is."""
+
+    cpus: float | None = None
+    memory_bytes: int | None = None
+    gpus: int = 0
+    labels: frozenset[str] = frozenset()
+    name: str | None = None
+    heartbeat_s: float | None = None
+    lease_s: float | None = None
+
+
+@dataclass
+class _Clock:
+    next_heartbeat: float = 0.0
+    next_sweep: float = 0.0
+    next_claim: float = 0.0
+    renewed_at: float = field(default_factory=time.monotonic)
+
+
+class Agent:
+    """Runs jobs of one session until drained."""
+
+    def __init__(
+        self, session: Session, store: Store, sandbox: SandboxStore, options: AgentOptions
+    ) -> None:
+        cpus, memory = process.free_capacity_of_machine()
+        self.session, self.store, self.sandbox = session, store, sandbox
+        s = session.settings
+        self.lease_s = options.lease_s or s.lease_s
+        self.heartbeat_s = options.heartbeat_s or s.heartbeat_s
+        self.info = AgentInfo(
+            name=options.name or f"{socket.gethostname()}-{os.getpid()}",
+            host=socket.gethostname(),
+            cpus=float(options.cpus or cpus),
+            memory_bytes=int(options.memory_bytes or memory),
+            gpus=options.gpus,
+            labels=options.labels,
+            pid=os.getpid(),
+        )
+        self.running: dict[int, att.Attempt] = {}
+        self.done: list[att.Attempt] = []
+        self.terminator = process.Terminator()
+        self.draining = threading.Event()
+        self.clock = _Clock()
+        self.agent_id = 0
+        self.bell: socket.socket | None = None
+
+    # --- the loop ---------------------------------------------------------------------
+    def run(self) -> int:
+        self.agent_id = self.store.register_agent(self.info)
+        self.bell = _listen(self.store, f"agent-{self.agent_id}")
+        log.info("agent %s (id %d) up with %s cpus", self.info.name, self.agent_id, self.info.cpus)
+        try:
+            while not (self.draining.is_set() and not self.running and not self.done):
+                self.turn()
+        finally:
+            self._shutdown()
+        return 0
+
+    def turn(self) -> None:
+        """One pass of the loop."""
+        now = time.monotonic()
+        self._reap()
+        self._enforce_deadlines(now)
+        if now >= self.clock.next_heartbeat:
+            self._heartbeat(now)
+        self._fence(now)
+        if now >= self.clock.next_sweep:
+            self._sweep(now)
+        self._report_and_claim(now)
+        self._sleep()
+
+    def _reap(self) -> None:
+        by_pid = {a.proc.pid: a for a in self.running.values() if a.proc is not None}
+        for pid, code, _cpu_s in process.reap():
+            a = by_pid.get(pid)
+            if a is None:
+                continue  # an orphan reparented to us; nothing to report
+            assert a.proc is not None
+            process.cleanup_leftovers(a.proc, thorough=a.ended_as is not None)
+            self.terminator.forget(a.proc)
+            att.ended(a, code)
+            self._move_to_done(a)
+
+    def _move_to_done(self, a: att.Attempt) -> None:
+        self.running.pop(a.id, None)
+        self.done.append(a)
+
+    def _enforce_deadlines(self, now: float) -> None:
+        for a in list(self.running.values()):
+            if a.walltime_deadline is not None and now >= a.walltime_deadline:
+                a.walltime_deadline = None
+                walltime = a.claim.spec.resources.walltime_s
+                self._stop(a, AttemptState.TIMED_OUT, f"walltime of {walltime:g} s exceeded")
+        for proc in self.terminator.due(now):
+            process.signal_job(proc, signal.SIGKILL)
+
+    def _stop(self, a: att.Attempt, state: AttemptState, reason: str) -> None:
+        if a.ended_as is None:
+            a.ended_as, a.reason = state, reason
+        if a.proc is not None:
+            self.terminator.start(a.proc, self.session.settings.kill_grace_s)
+
+    def _heartbeat(self, now: float) -> None:
+        self.clock.next_heartbeat = now + self.heartbeat_s
+        ids = list(self.running)
+        try:
+            reply = self.store.heartbeat(self.agent_id, ids, self.lease_s)
+        except ClobiError as exc:
+            log.warning("heartbeat failed: %s", exc)
+            return
+        for attempt_id in ids:
+            a = self.running.get(attempt_id)
+            if a is None:
+                continue
+            if attempt_id in reply.renewed:
+                a.lease_deadline = now + self.lease_s
+            else:
+                self._lose(a, "lease not renewed")
+            if attempt_id in reply.cancel:
+                self._stop(a, AttemptState.CANCELLED, "killed by user")
+        if reply.drain and not self.draining.is_set():
+            log.info("asked to drain")
+            self.draining.set()
+
+    def _fence(self, now: float) -> None:
+        # Stop jobs before their lease can expire: the sweeper will hand them to someone else.
+        margin = min(self.heartbeat_s, self.lease_s / 4)
+        for a in list(self.running.values()):
+            if now >= a.lease_deadline - margin:
+                self._lose(a, "could not renew the lease; stopped to stay fenced")
+
+    def _lose(self, a: att.Attempt, why: str) -> None:
+        log.warning("attempt %d of job %d: %s", a.id, a.claim.job_id, why)
+        if a.proc is not None:
+            process.signal_job(a.proc, signal.SIGKILL)
+        self.running.pop(a.id, None)
+        self.terminator.forget_later(a.proc)
+        att.discard(a)
+
+    def _sweep(self, now: float) -> None:
+        s = self.session.settings
+        self.clock.next_sweep = now + s.sweep_interval_s
+        owner = f"{self.info.host}:{os.getpid()}:{self.agent_id}"
+        try:
+            if self.store.try_lock("sweeper", owner, s.sweep_interval_s * 3):
+                result = self.store.sweep(s.lost_cap, s.agent_timeout_s)
+                if result.lost_attempts:
+                    log.info("swept: lost attempts %s", list(result.lost_attempts))
+        except ClobiError as exc:
+            log.warning("sweep failed: %s", exc)
+
+    def _report_and_claim(self, now: float) -> None:
+        outcomes = [self._outcome(a) for a in self.done]
+        request = self._claim_request(now)
+        if not outcomes and request is None:
+            return
+        try:
+            if outcomes:
+                refused, claims = self.store.finish(self.agent_id, outcomes, request)
+                for attempt_id in refused:
+                    log.warning("attempt %d: report refused (stale)", attempt_id)
+            else:
+                assert request is not None
+                claims = self.store.claim(request)
+        except ClobiError as exc:
+            log.warning("store: %s", exc)  # keep outcomes; report again next turn
+            return
+        for a in self.done:
+            att.discard(a)
+        self.done.clear()
+        if request is not None and len(claims) < request.limit:
+            self.clock.next_claim = now + IDLE_POLL_S  # queue looked empty: wait for a bell
+        for claim in claims:
+            self._start(claim, now)
+
+    def _outcome(self, a: att.Attempt) -> Outcome:
+        # Stored once: if the report fails, the next turn reports the same stored output.
+        if a.outcome is None:
+            a.outcome = att.finish(
+                a, self.sandbox, self.session.settings.inline_output_max_bytes, self.info.name
+            )
+        return a.outcome
+
+    def _claim_request(self, now: float) -> ClaimRequest | None:
+        if self.draining.is_set() or now < self.clock.next_claim:
+            return None
+        used = sum(a.cpus for a in self.running.values())
+        free_cpus = self.info.cpus - used
+        if free_cpus < 1e-9:
+            return None
+        used_mem = sum(a.claim.spec.resources.memory_bytes for a in self.running.values())
+        used_gpus = sum(a.claim.spec.resources.gpus for a in self.running.values())
+        cap = Capacity(
+            free_cpus,
+            self.info.memory_bytes - used_mem,
+            self.info.gpus - used_gpus,
+            self.info.labels,
+        )
+        return ClaimRequest(
+            self.agent_id, cap, max(1, int(free_cpus)), self.lease_s, str(self.session.work_dir)
+        )
+
+    def _start(self, claim: Claim, now: float) -> None:
+        a = att.Attempt(
+            claim, self.session.work_dir / str(claim.attempt_id), lease_deadline=now + self.lease_s
+        )
+        att.start(a, self.sandbox)
+        if a.proc is None:
+            self.done.append(a)
+        else:
+            self.running[a.id] = a
+
+    def _sleep(self) -> None:
+        if self.done:
+            return
+        now = time.monotonic()
+        wake = [self.clock.next_heartbeat, self.clock.next_sweep, self.terminator.next_due()]
+        if not self.draining.is_set() and self._claim_request(0.0) is not None:
+            wake.append(self.clock.next_claim)
+        wake += [a.walltime_deadline for a in self.running.values() if a.walltime_deadline]
+        timeout = max(0.0, min(w for w in wake if w is not None) - now)
+        procs = [a.proc for a in self.running.values() if a.proc is not None]
+        fd = self.bell.fileno() if self.bell is not None else None
+        process.wait_any(procs, timeout, wake_fd=fd)
+        if self.bell is not None and _drain_bell(self.bell):
+            self.clock.next_claim = 0.0
+
+    def _shutdown(self) -> None:
+        for a in list(self.running.values()):
+            self._lose(a, "agent stopping")
+        with contextlib.suppress(ClobiError):
+            self.store.agent_exited(self.agent_id)
+        if self.bell is not None:
+            self.bell.close()
+            _forget(self.store, f"agent-{self.agent_id}")
+
+
+def _listen(store: Store, name: str) -> socket.socket | None:
+    bells = getattr(store, "bells", None)
+    return None if bells is None else bells.listen(name)
+
+
+def _forget(store: Store, name: str) -> None:
+    bells = getattr(store, "bells", None)
+    if bells is not None:
+        bells.forget(name)
+
+
+def _drain_bell(sock: socket.socket) -> bool:
+    rang = False
+    with contextlib.suppress(BlockingIOError, OSError):
+        while sock.recv(64):
+            rang = True
+    return rang
+
+
+def run_agent(session: Session, options: AgentOptions) -> int:
+    """Run an agent in the foreground. SIGTERM or Ctrl-C drains it; a second Ctrl-C stops
+    its jobs at once (they are requeued when their leases end)."""
+    process.become_subreaper()
+    Path(session.work_dir).mkdir(parents=True, exist_ok=True)
+    store, sandbox = session.open_store(), session.open_sandbox()
+    agent = Agent(session, store, sandbox, options)
+    _install_signals(agent)
+    try:
+        return agent.run()
+    finally:
+        store.close()
+
+
+def _install_signals(agent: Agent) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def drain(signum: int, _frame: FrameType | None) -> None:
+        if agent.draining.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        agent.draining.set()
+
+    signal.signal(signal.SIGTERM, drain)
+    signal.signal(signal.SIGINT, drain)

@@ -1,0 +1,241 @@
+"""The Job Management Interface: what the CLI, the API and scripts use to work with jobs.
+
+`Client(session)` works on an embedded session directory today and on a URL session once the
+server exists; the CLI is a thin layer over it.
+"""
+
+from __future__ import annotations
+
+import builtins
+import getpass
+import io
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from clobi.errors import NotFound, UsageError
+from clobi.model.records import AgentRecord, AttemptRecord, Event, JobFilter, JobRecord, Submission
+from clobi.model.spec import JobSpec
+from clobi.model.states import JobState
+from clobi.sandbox import archive
+from clobi.session import Session, find_session
+
+WAIT_POLL_S = 0.2
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job with its spec and attempts, as `clobi show` prints it."""
+
+    job: JobRecord
+    spec: JobSpec
+    input_sha256: str | None
+    attempts: list[AttemptRecord]
+
+
+class Client:
+    """Submit, inspect and control jobs of one session."""
+
+    def __init__(self, session: Session | str | os.PathLike[str] | None = None) -> None:
+        self.session = session if isinstance(session, Session) else find_session(session)
+        self.store = self.session.open_store()
+        self.sandbox = self.session.open_sandbox()
+        self.owner = _user_name()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.store.close()
+
+    # --- submitting ------------------------------------------------------------------
+    def submit(
+        self,
+        spec: JobSpec | Mapping[str, Any],
+        *,
+        base_dir: Path | None = None,
+        idempotency_key: str | None = None,
+    ) -> list[int]:
+        """Submit a spec (an array gives many jobs); return the job ids.
+
+        Inputs are packed from `base_dir` (default: the current directory) and stored once.
+        With an `idempotency_key` already used, the earlier submit's ids come back instead.
+        """
+        if not isinstance(spec, JobSpec):
+            from clobi.model.specparse import parse_spec
+
+            spec = parse_spec(dict(spec), source="python")
+        sha = self._store_inputs(spec, base_dir or Path.cwd()) if spec.inputs else None
+        sub = Submission(
+            spec=spec, input_sha256=sha, owner=self.owner, idempotency_key=idempotency_key
+        )
+        return self.store.submit(sub)
+
+    def _store_inputs(self, spec: JobSpec, base_dir: Path) -> str:
+        with tempfile.TemporaryFile() as spool:
+            archive.pack_inputs(spec.inputs, base_dir, spool)
+            spool.seek(0)
+            return self.sandbox.put_input(spool).sha256
+
+    # --- reading ---------------------------------------------------------------------
+    def get(self, job_id: int) -> JobView:
+        """One job with its spec and attempts; raises `NotFound`."""
+        job = self.store.get_job(job_id)
+        spec, sha = self.store.job_spec(job_id)
+        return JobView(job, spec, sha, self.store.attempts(job_id))
+
+    def list(
+        self,
+        states: Iterable[str | JobState] = (),
+        tags: Iterable[str] = (),
+        limit: int | None = 100,
+        after_id: int = 0,
+        ids: Sequence[int] = (),
+    ) -> builtins.list[JobRecord]:
+        """Jobs in id order, filtered by states and tags (all tags must match)."""
+        flt = JobFilter(
+            states=frozenset(JobState(s) for s in states),
+            tags=frozenset(tags),
+            ids=tuple(ids),
+            limit=limit,
+            after_id=after_id,
+        )
+        return self.store.list_jobs(flt)
+
+    def counts(self, job_ids: Sequence[int] | None = None) -> dict[JobState, int]:
+        """How many jobs are in each state."""
+        return self.store.count_states(job_ids)
+
+    def events(self, job_id: int | None = None, after_id: int = 0) -> builtins.list[Event]:
+        return self.store.events(job_id, after_id)
+
+    def agents(self, include_gone: bool = False) -> builtins.list[AgentRecord]:
+        return self.store.list_agents(include_gone)
+
+    # --- acting ----------------------------------------------------------------------
+    def kill(self, job_ids: Sequence[int]) -> builtins.list[int]:
+        """Cancel jobs: queued ones at once, running ones at their agent's next heartbeat."""
+        return self.store.kill(job_ids)
+
+    def kill_state(self, state: str | JobState) -> builtins.list[int]:
+        """Kill every job in one state (queued or running)."""
+        ids = [j.id for j in self.list(states=[state], limit=None)]
+        return self.kill(ids)
+
+    def remove(self, job_ids: Sequence[int]) -> builtins.list[int]:
+        """Delete queued or finished jobs (and their outputs)."""
+        refs = [self.store.output_ref(i) for i in job_ids]
+        removed = self.store.remove(job_ids)
+        for ref in refs:
+            if ref is not None and ref.key and ref.job_id in removed:
+                self.sandbox.delete_output(ref.key)
+        return removed
+
+    def retry(self, job_ids: Sequence[int]) -> builtins.list[int]:
+        """Requeue failed, timed-out or cancelled jobs."""
+        return self.store.retry(job_ids)
+
+    def wait(
+        self,
+        job_ids: Sequence[int] | None = None,
+        timeout_s: float | None = None,
+        on_progress: Callable[[dict[JobState, int]], None] | None = None,
+    ) -> dict[JobState, int]:
+        """Block until the jobs (default: all) are finished; return the final counts.
+
+        Raises `TimeoutError` when `timeout_s` passes first.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            counts = self.counts(job_ids)
+            if on_progress is not None:
+                on_progress(counts)
+            if counts[JobState.QUEUED] == 0 and counts[JobState.RUNNING] == 0:
+                return counts
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"jobs still unfinished after {timeout_s} s")
+            time.sleep(WAIT_POLL_S)
+
+    # --- outputs ---------------------------------------------------------------------
+    def open_output(self, job_id: int, attempt_id: int | None = None) -> BinaryIO:
+        """The output archive (a tar stream) of the job's latest attempt with output."""
+        ref = self.store.output_ref(job_id, attempt_id)
+        if ref is None:
+            self.store.get_job(job_id)  # NotFound for unknown jobs
+            raise NotFound(f"job {job_id}: has no output yet")
+        if ref.inline is not None:
+            return io.BytesIO(ref.inline)
+        assert ref.key is not None
+        return self.sandbox.open_output(ref.key)
+
+    def output(
+        self, job_id: int, to_dir: Path, attempt_id: int | None = None
+    ) -> builtins.list[str]:
+        """Extract the job's output (stdout, stderr, declared outputs) into `to_dir`."""
+        to_dir.mkdir(parents=True, exist_ok=True)
+        with self.open_output(job_id, attempt_id) as src:
+            return archive.unpack(src, to_dir)
+
+    def read_output_file(self, job_id: int, name: str = "stdout") -> bytes:
+        """One file of the job's output, e.g. its stdout; raises `NotFound`."""
+        with self.open_output(job_id) as src:
+            data = archive.read_member(src, name)
+        if data is None:
+            raise NotFound(f"job {job_id}: output has no {name!r}")
+        return data
+
+    def logs(self, job_id: int, stream: str = "stdout", follow: bool = False) -> Iterator[bytes]:
+        """The job's stdout (or stderr): live from the work directory while it runs here,
+        from the output archive once it has finished. With `follow`, yields until the job ends."""
+        if stream not in ("stdout", "stderr"):
+            raise UsageError(f"logs: stream must be stdout or stderr, not {stream!r}")
+        sent = 0
+        while True:
+            job = self.store.get_job(job_id)
+            if job.state.terminal or (job.state is JobState.QUEUED and not follow):
+                yield from _skip(self._final_log(job_id, stream), sent)
+                return
+            chunk = self._live_log(job, stream, sent)
+            sent += len(chunk)
+            if chunk:
+                yield chunk
+            if not follow:
+                return
+            time.sleep(WAIT_POLL_S)
+
+    def _final_log(self, job_id: int, stream: str) -> bytes:
+        try:
+            return self.read_output_file(job_id, stream)
+        except NotFound:
+            return b""
+
+    def _live_log(self, job: JobRecord, stream: str, offset: int) -> bytes:
+        attempts = [a for a in self.store.attempts(job.id) if a.id == job.current_attempt]
+        if not attempts or not attempts[0].workdir:
+            return b""
+        path = Path(attempts[0].workdir) / stream
+        try:
+            with path.open("rb") as f:
+                f.seek(offset)
+                return f.read(1 << 20)
+        except OSError:
+            return b""
+
+
+def _skip(data: bytes, sent: int) -> Iterator[bytes]:
+    if len(data) > sent:
+        yield data[sent:]
+
+
+def _user_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())

@@ -26,7 +26,7 @@ from clobi.model.records import AgentInfo, Capacity, Claim, Outcome
 from clobi.model.states import AttemptState
 from clobi.sandbox.base import SandboxStore
 from clobi.session import Session
-from clobi.store.base import ClaimRequest, Store
+from clobi.store.base import ClaimRequest, Store, Wakeup
 
 log = logging.getLogger("clobi.agent")
 
@@ -80,12 +80,12 @@ class Agent:
         self.draining = threading.Event()
         self.clock = _Clock()
         self.agent_id = 0
-        self.bell: socket.socket | None = None
+        self.bell: Wakeup | None = None
 
     # --- the loop ---------------------------------------------------------------------
     def run(self) -> int:
         self.agent_id = self.store.register_agent(self.info)
-        self.bell = _listen(self.store, f"agent-{self.agent_id}")
+        self.bell = self.store.listen(f"agent-{self.agent_id}")
         log.info("agent %s (id %d) up with %s cpus", self.info.name, self.agent_id, self.info.cpus)
         try:
             while not (self.draining.is_set() and not self.running and not self.done):
@@ -260,7 +260,7 @@ class Agent:
         procs = [a.proc for a in self.running.values() if a.proc is not None]
         fd = self.bell.fileno() if self.bell is not None else None
         process.wait_any(procs, timeout, wake_fd=fd)
-        if self.bell is not None and _drain_bell(self.bell):
+        if self.bell is not None and self.bell.rang():
             self.clock.next_claim = 0.0
 
     def _shutdown(self) -> None:
@@ -270,26 +270,6 @@ class Agent:
             self.store.agent_exited(self.agent_id)
         if self.bell is not None:
             self.bell.close()
-            _forget(self.store, f"agent-{self.agent_id}")
-
-
-def _listen(store: Store, name: str) -> socket.socket | None:
-    bells = getattr(store, "bells", None)
-    return None if bells is None else bells.listen(name)
-
-
-def _forget(store: Store, name: str) -> None:
-    bells = getattr(store, "bells", None)
-    if bells is not None:
-        bells.forget(name)
-
-
-def _drain_bell(sock: socket.socket) -> bool:
-    rang = False
-    with contextlib.suppress(BlockingIOError, OSError):
-        while sock.recv(64):
-            rang = True
-    return rang
 
 
 def run_agent(session: Session, options: AgentOptions) -> int:

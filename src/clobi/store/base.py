@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from clobi.model.records import (
     AgentInfo,
@@ -39,6 +40,17 @@ class ClaimRequest:
     limit: int
     lease_s: float
     workdir_root: str = ""
+
+
+class Wakeup(Protocol):
+    """A handle that becomes readable when claimable work may have appeared."""
+
+    def fileno(self) -> int: ...
+    def rang(self) -> bool:
+        """Consume pending wake-ups; True if there were any."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class Store(ABC):
@@ -143,6 +155,10 @@ class Store(ABC):
     @abstractmethod
     def next_due_s(self) -> float | None:
         """Seconds until the earliest queued-but-backing-off job becomes claimable."""
+
+    def listen(self, name: str) -> Wakeup | None:
+        """Subscribe to wake-ups for new work (None: the engine has none; poll instead)."""
+        return None
 
     @abstractmethod
     def close(self) -> None:

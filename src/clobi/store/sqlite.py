@@ -8,9 +8,6 @@ idle agents wake at once without polling the file.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import os
-import socket
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -19,9 +16,10 @@ from typing import Any
 from urllib.parse import urlparse
 
 from clobi.errors import SessionError, StoreUnavailable
-from clobi.model.records import Submission
+from clobi.model.records import Submission, SweepResult
 from clobi.store import queries
-from clobi.store.base import Store
+from clobi.store.base import Store, Wakeup
+from clobi.store.bells import Bells
 from clobi.store.sqlcore import Cursor
 from clobi.store.sqljobs import SqlJobs
 from clobi.store.sqlwork import SqlWork
@@ -77,6 +75,15 @@ class SqliteStore(SqlJobs, SqlWork, Store):
         ids = super().retry(job_ids)
         self.bells.ring()
         return ids
+
+    def sweep(self, lost_cap: int, agent_timeout_s: float) -> SweepResult:
+        result = super().sweep(lost_cap, agent_timeout_s)
+        if result.requeued_jobs:
+            self.bells.ring()
+        return result
+
+    def listen(self, name: str) -> Wakeup | None:
+        return self.bells.listen(name)
 
     def close(self) -> None:
         with self._lock:
@@ -136,53 +143,3 @@ def _exec_script(conn: sqlite3.Connection, sql: str) -> None:
         body = "\n".join(line for line in statement.splitlines() if not line.startswith("--"))
         if body.strip():
             conn.execute(body)
-
-
-class Bells:
-    """Doorbells of waiting agents: one unix datagram socket each.
-
-    Sockets live in the abstract namespace (no 108-byte path limit); a marker file per bell
-    in `folder` lets ringers find them.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self._prefix = "clobi." + hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:16]
-
-    def listen(self, name: str) -> socket.socket:
-        """A non-blocking socket that becomes readable when someone rings."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(self._address(name))
-        sock.setblocking(False)
-        (self.folder / name).touch()
-        return sock
-
-    def forget(self, name: str) -> None:
-        with contextlib.suppress(OSError):
-            (self.folder / name).unlink()
-
-    def ring(self) -> None:
-        """Wake every listener; forget bells whose listener is gone."""
-        try:
-            names = os.listdir(self.folder)
-        except FileNotFoundError:
-            return
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.setblocking(False)
-            for name in names:
-                try:
-                    sock.sendto(b"!", self._address(name))
-                except ConnectionRefusedError:
-                    self.forget(name)
-                except OSError:
-                    pass  # a full queue already means "wake up"
-
-    def _address(self, name: str) -> str:
-        return f"\0{self._prefix}.{name}"
-
-    @staticmethod
-    def drain(sock: socket.socket) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):
-            while sock.recv(64):
-                pass

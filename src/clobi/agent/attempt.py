@@ -2,14 +2,18 @@
 
 Layout of an attempt's directory `<work>/<attempt id>/`:
 `job/` (the job's own area; inputs are unpacked here and the command starts in
-`job/<spec.workdir>`), `stdout`, `stderr` and `attempt.log` beside it, out of the job's reach
-of output globs.
+`job/<spec.workdir>`), `stdout` and `stderr` beside it, out of reach of output globs.
+
+This is the agent's hot path: the common case (no declared outputs, small stdout/stderr) is
+packed in memory with `tarwriter` and removed with a few syscalls; everything else takes the
+general, streaming path through `archive`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import shutil
 import signal
 import socket
@@ -26,6 +30,9 @@ from clobi.model.spec import expand_command, expand_env
 from clobi.model.states import AttemptState
 from clobi.sandbox import archive
 from clobi.sandbox.base import SandboxStore
+from clobi.sandbox.tarwriter import small_tar
+
+_HOST = socket.gethostname()
 
 
 @dataclass
@@ -33,7 +40,7 @@ class Attempt:
     """A claimed job on this agent, from stage-in to its reported outcome."""
 
     claim: Claim
-    root: Path
+    root: str  # the attempt's directory
     lease_deadline: float  # monotonic; past it the lease may be gone: stop the job
     proc: JobProcess | None = None
     walltime_deadline: float | None = None
@@ -49,8 +56,13 @@ class Attempt:
         return self.claim.attempt_id
 
     @property
-    def job_dir(self) -> Path:
-        return self.root / "job"
+    def job_dir(self) -> str:
+        return self.root + "/job"
+
+    @property
+    def cwd(self) -> str:
+        workdir = self.claim.spec.workdir
+        return self.job_dir if workdir == "." else f"{self.job_dir}/{workdir}"
 
     @property
     def cpus(self) -> float:
@@ -59,20 +71,22 @@ class Attempt:
 
 def start(attempt: Attempt, sandbox: SandboxStore) -> None:
     """Stage in and spawn. A problem the user must fix ends the attempt as a user error."""
-    spec = attempt.claim.spec
+    claim = attempt.claim
+    spec = claim.spec
     try:
-        attempt.job_dir.mkdir(parents=True)
-        if attempt.claim.input_sha256:
-            with sandbox.open_input(attempt.claim.input_sha256) as src:
-                archive.unpack(src, attempt.job_dir)
-        cwd = attempt.job_dir / spec.workdir
-        cwd.mkdir(parents=True, exist_ok=True)
+        os.mkdir(attempt.root)
+        os.mkdir(attempt.job_dir)
+        if claim.input_sha256:
+            with sandbox.open_input(claim.input_sha256) as src:
+                archive.unpack(src, Path(attempt.job_dir))
+        if spec.workdir != ".":
+            os.makedirs(attempt.cwd, exist_ok=True)
         attempt.proc = spawn(
-            expand_command(spec, attempt.claim.array_index),
-            env=expand_env(spec, attempt.claim.array_index, attempt.claim.job_id),
-            cwd=cwd,
-            stdout_path=attempt.root / "stdout",
-            stderr_path=attempt.root / "stderr",
+            expand_command(spec, claim.array_index),
+            env=expand_env(spec, claim.array_index, claim.job_id),
+            cwd=Path(attempt.cwd),
+            stdout_path=Path(attempt.root + "/stdout"),
+            stderr_path=Path(attempt.root + "/stderr"),
             attempt_id=attempt.id,
         )
     except (SpawnError, SandboxError) as exc:
@@ -115,63 +129,99 @@ def _exit_reason(exit_code: int) -> str:
 def finish(attempt: Attempt, sandbox: SandboxStore, inline_max: int, agent_name: str) -> Outcome:
     """Pack and store the output, then describe the outcome to report. Never raises for the
     job's own misdeeds: an unsafe output fails the job as a user error, keeping the logs."""
-    _write_log(attempt, agent_name)
-    patterns = attempt.claim.spec.outputs
-    extra = [(attempt.root / n, n) for n in ("stdout", "stderr", "attempt.log")]
-    extra = [(p, n) for p, n in extra if p.exists()]
-    cwd = attempt.job_dir / attempt.claim.spec.workdir
+    log = _attempt_log(attempt, agent_name)
+    if not attempt.claim.spec.outputs:
+        small = _small_logs(attempt, inline_max - len(log) - 4096)
+        if small is not None:
+            data = small_tar([*small, ("attempt.log", log)], int(time.time()))
+            return _inline(attempt, data)
+    return _finish_general(attempt, sandbox, inline_max, log)
+
+
+def _small_logs(attempt: Attempt, budget: int) -> list[tuple[str, bytes]] | None:
+    """stdout and stderr read whole when together they fit `budget`, else None."""
+    members = []
+    for name in ("stdout", "stderr"):
+        try:
+            with open(f"{attempt.root}/{name}", "rb") as f:
+                data = f.read(budget + 1)
+        except FileNotFoundError:
+            continue
+        budget -= len(data)
+        if budget < 0:
+            return None
+        members.append((name, data))
+    return members
+
+
+def _finish_general(
+    attempt: Attempt, sandbox: SandboxStore, inline_max: int, log: bytes
+) -> Outcome:
+    log_path = Path(attempt.root) / "attempt.log"
+    with contextlib.suppress(OSError):
+        log_path.write_bytes(log)
+    root = Path(attempt.root)
+    extra = [(root / n, n) for n in ("stdout", "stderr", "attempt.log") if (root / n).exists()]
+    cwd = Path(attempt.cwd)
+    patterns = attempt.claim.spec.outputs if cwd.is_dir() else ()
     with tempfile.SpooledTemporaryFile(max_size=inline_max + 1) as spooled:
         spool = cast(BinaryIO, spooled)
         try:
-            archive.collect_outputs(cwd, patterns if cwd.is_dir() else (), spool, extra=extra)
+            archive.collect_outputs(cwd, patterns, spool, extra=extra)
         except SandboxError as exc:
             spool.seek(0)
             spool.truncate()
-            archive.collect_outputs(attempt.root, (), spool, extra=extra)
+            archive.collect_outputs(root, (), spool, extra=extra)
             _fail(attempt, f"output rejected: {exc.message}", user_error=True)
-        return _store_output(attempt, spool, sandbox, inline_max)
+        size = spool.tell()
+        spool.seek(0)
+        if size <= inline_max:
+            return _inline(attempt, spool.read())
+        blob = sandbox.put_output(attempt.id, spool)
+    return replace(
+        _bare(attempt), output_key=blob.key, output_size=blob.size, output_sha256=blob.sha256
+    )
 
 
-def _store_output(
-    attempt: Attempt,
-    spool: BinaryIO,
-    sandbox: SandboxStore,
-    inline_max: int,
-) -> Outcome:
-    size = spool.tell()
-    spool.seek(0)
-    base = Outcome(
+def _bare(attempt: Attempt) -> Outcome:
+    return Outcome(
         attempt.id,
         attempt.ended_as or AttemptState.FAILED,
         attempt.exit_code,
         attempt.reason,
         attempt.user_error,
     )
-    if size <= inline_max:
-        data = spool.read()
-        return replace(
-            base,
-            output_inline=data,
-            output_size=size,
-            output_sha256=hashlib.sha256(data).hexdigest(),
-        )
-    blob = sandbox.put_output(attempt.id, spool)
-    return replace(base, output_key=blob.key, output_size=blob.size, output_sha256=blob.sha256)
 
 
-def _write_log(attempt: Attempt, agent_name: str) -> None:
+def _inline(attempt: Attempt, data: bytes) -> Outcome:
+    return replace(
+        _bare(attempt),
+        output_inline=data,
+        output_size=len(data),
+        output_sha256=hashlib.sha256(data).hexdigest(),
+    )
+
+
+def _attempt_log(attempt: Attempt, agent_name: str) -> bytes:
     claim = attempt.claim
-    lines = [
-        f"job {claim.job_id} attempt {attempt.id} on agent {agent_name} ({socket.gethostname()})",
-        f"started {time.strftime('%Y-%m-%dT%H:%M:%S%z', time.localtime(attempt.started_wall))}",
-        f"ended   {time.strftime('%Y-%m-%dT%H:%M:%S%z')}",
-        f"command {list(expand_command(claim.spec, claim.array_index))}",
-        f"outcome {attempt.ended_as} exit_code={attempt.exit_code} {attempt.reason}".rstrip(),
-    ]
-    with contextlib.suppress(OSError):
-        (attempt.root / "attempt.log").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(attempt.started_wall))
+    lines = (
+        f"job {claim.job_id} attempt {attempt.id} on agent {agent_name} ({_HOST})\n"
+        f"started {started}\n"
+        f"ended   {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n"
+        f"command {expand_command(claim.spec, claim.array_index)}\n"
+        f"outcome {attempt.ended_as} exit_code={attempt.exit_code} {attempt.reason}".rstrip()
+    )
+    return (lines + "\n").encode()
 
 
 def discard(attempt: Attempt) -> None:
     """Remove the attempt's directory once its outcome is reported (or it was lost)."""
-    shutil.rmtree(attempt.root, ignore_errors=True)
+    try:  # the usual case: the job left its work area empty
+        for name in ("stdout", "stderr", "attempt.log"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{attempt.root}/{name}")
+        os.rmdir(attempt.job_dir)
+        os.rmdir(attempt.root)
+    except OSError:
+        shutil.rmtree(attempt.root, ignore_errors=True)

@@ -74,6 +74,7 @@ class Agent:
             labels=options.labels,
             pid=os.getpid(),
         )
+        self.work_dir = str(session.work_dir)
         self.running: dict[int, att.Attempt] = {}
         self.done: list[att.Attempt] = []
         self.terminator = process.Terminator()
@@ -239,9 +240,7 @@ class Agent:
         )
 
     def _start(self, claim: Claim, now: float) -> None:
-        a = att.Attempt(
-            claim, self.session.work_dir / str(claim.attempt_id), lease_deadline=now + self.lease_s
-        )
+        a = att.Attempt(claim, f"{self.work_dir}/{claim.attempt_id}", now + self.lease_s)
         att.start(a, self.sandbox)
         if a.proc is None:
             self.done.append(a)

@@ -64,8 +64,9 @@ WHERE job_id = :job_id AND (output_key IS NOT NULL OR output_inline IS NOT NULL)
 ORDER BY id DESC LIMIT 1;
 
 -- name: claim_candidates
+-- INDEXED BY: the planner otherwise picks jobs_state and sorts the whole queue on every claim.
 SELECT id, spec_id, array_index, cpus, memory_bytes, gpus, requires
-FROM jobs
+FROM jobs INDEXED BY jobs_queue
 WHERE state = 'queued' AND not_before <= :now
   AND cpus <= :cpus AND memory_bytes <= :memory AND gpus <= :gpus
 ORDER BY priority DESC, id

@@ -1,0 +1,45 @@
+"""A minimal ustar writer for the agent's hot path: a handful of small in-memory members
+(stdout, stderr, the attempt log) packed without `tarfile`'s per-member overhead.
+
+Output is a plain POSIX ustar stream that `tarfile` and `archive.unpack` read like any other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+_BLOCK = 512
+_MAX_NAME = 100
+_MAX_SIZE = 8**11 - 1  # what an 11-digit octal size field holds
+
+
+def small_tar(members: Iterable[tuple[str, bytes]], mtime: int) -> bytes:
+    """A tar stream of regular files `(name, data)`, mode 0644, owned by 0:0."""
+    out = bytearray()
+    for name, data in members:
+        out += header(name, len(data), mtime)
+        out += data
+        out += bytes(-len(data) % _BLOCK)
+    out += bytes(2 * _BLOCK)
+    return bytes(out)
+
+
+def header(name: str, size: int, mtime: int, mode: int = 0o644) -> bytes:
+    """One ustar header block for a regular file."""
+    raw = name.encode()
+    if not raw or len(raw) >= _MAX_NAME or name.startswith("/") or ".." in name.split("/"):
+        raise ValueError(f"tar member name not allowed here: {name!r}")
+    if not 0 <= size <= _MAX_SIZE:
+        raise ValueError(f"tar member too large for a ustar header: {size}")
+    block = bytearray(_BLOCK)
+    block[0 : len(raw)] = raw
+    block[100:108] = b"%07o\0" % mode
+    block[108:116] = b"%07o\0" % 0
+    block[116:124] = b"%07o\0" % 0
+    block[124:136] = b"%011o\0" % size
+    block[136:148] = b"%011o\0" % max(0, mtime)
+    block[148:156] = b" " * 8
+    block[156:157] = b"0"
+    block[257:265] = b"ustar\x0000"
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)

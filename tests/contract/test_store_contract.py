@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from clobi.errors import Conflict, NotFound
+from clobi.model.auth import Role, TokenRecord
 from clobi.model.records import JobFilter, Outcome
 from clobi.model.spec import Retries
 from clobi.model.states import AttemptState, JobState
@@ -318,3 +319,39 @@ def test_unknown_jobs_are_not_found(store: Store) -> None:
     with pytest.raises(NotFound):
         store.job_spec(99)
     assert store.output_ref(99) is None
+
+
+def _token(token_id: str, role: Role = Role.USER, **kw: object) -> TokenRecord:
+    return TokenRecord(id=token_id, role=role, name="ann", created_at=time.time(), **kw)  # type: ignore[arg-type]
+
+
+def test_a_token_is_stored_with_its_hash_only_and_can_be_revoked(store: Store) -> None:
+    store.create_token(_token("t1"), "ab" * 32)
+    got = store.get_token("t1")
+    assert got is not None and got[1] == "ab" * 32 and got[0].role is Role.USER
+    assert store.revoke_token("t1") and not store.revoke_token("t1")
+    record = store.get_token("t1")
+    assert record is not None and record[0].revoked and not record[0].usable(time.time())
+    assert store.get_token("nope") is None
+    assert [t.id for t in store.list_tokens()] == ["t1"]
+
+
+def test_a_bootstrap_token_can_be_spent_exactly_once(store_factory: Callable[[], Store]) -> None:
+    store = store_factory()
+    store.create_token(_token("b1", Role.BOOTSTRAP, pool="cloud"), "cd" * 32)
+    results: list[bool] = []
+
+    def spend() -> None:
+        results.append(store_factory().use_bootstrap("b1"))
+
+    threads = [threading.Thread(target=spend) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False, False, False, True]
+
+
+def test_an_expired_bootstrap_token_cannot_be_spent(store: Store) -> None:
+    store.create_token(_token("b2", Role.BOOTSTRAP, expires_at=time.time() - 1), "ef" * 32)
+    assert not store.use_bootstrap("b2")

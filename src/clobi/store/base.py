@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from clobi.model.auth import TokenRecord
 from clobi.model.records import (
     AgentInfo,
     AgentRecord,
@@ -155,6 +156,27 @@ class Store(ABC):
     @abstractmethod
     def next_due_s(self) -> float | None:
         """Seconds until the earliest queued-but-backing-off job becomes claimable."""
+
+    # --- access tokens ------------------------------------------------------------------
+    @abstractmethod
+    def create_token(self, record: TokenRecord, secret_sha256: str) -> None:
+        """Store a new token (its id, role, scope and the sha256 of its secret)."""
+
+    @abstractmethod
+    def get_token(self, token_id: str) -> tuple[TokenRecord, str] | None:
+        """A token and its secret's sha256, or None."""
+
+    @abstractmethod
+    def list_tokens(self) -> list[TokenRecord]:
+        """Every token, oldest first (no secrets)."""
+
+    @abstractmethod
+    def revoke_token(self, token_id: str) -> bool:
+        """Revoke a token; False if unknown or already revoked."""
+
+    @abstractmethod
+    def use_bootstrap(self, token_id: str) -> bool:
+        """Spend a usable bootstrap token, atomically: True exactly once."""
 
     def listen(self, name: str) -> Wakeup | None:
         """Subscribe to wake-ups for new work (None: the engine has none; poll instead)."""

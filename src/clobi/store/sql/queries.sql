@@ -196,3 +196,23 @@ SELECT min(not_before) FROM jobs WHERE state = 'queued' AND not_before > :now;
 
 -- name: any_claimable
 SELECT 1 FROM jobs WHERE state = 'queued' AND not_before <= :now LIMIT 1;
+
+-- name: insert_token
+INSERT INTO tokens (id, secret_sha256, role, name, pool, created_at, expires_at)
+VALUES (:id, :secret_sha256, :role, :name, :pool, :now, :expires_at);
+
+-- name: select_token
+SELECT id, role, name, pool, created_at, expires_at, revoked, used_at, secret_sha256
+FROM tokens WHERE id = :id;
+
+-- name: select_tokens
+SELECT id, role, name, pool, created_at, expires_at, revoked, used_at, secret_sha256
+FROM tokens ORDER BY created_at;
+
+-- name: revoke_token
+UPDATE tokens SET revoked = 1 WHERE id = :id AND revoked = 0;
+
+-- name: use_bootstrap
+UPDATE tokens SET used_at = :now
+WHERE id = :id AND role = 'bootstrap' AND used_at IS NULL AND revoked = 0
+  AND (expires_at IS NULL OR expires_at > :now);

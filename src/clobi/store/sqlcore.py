@@ -102,6 +102,29 @@ class SqlCore:
         return {k: tuple(v) for k, v in tags.items()}
 
 
+def event_row(  # noqa: PLR0917 - a row, positional like the table
+    now: float,
+    kind: str,
+    job_id: int | None,
+    attempt_id: int | None,
+    agent_id: int | None,
+    from_state: str = "",
+    to_state: str = "",
+    detail: str = "",
+) -> dict[str, Any]:
+    """Parameters of one `insert_event`, for batching with executemany."""
+    return {
+        "now": now,
+        "job_id": job_id,
+        "attempt_id": attempt_id,
+        "agent_id": agent_id,
+        "kind": kind,
+        "from_state": from_state,
+        "to_state": to_state,
+        "detail": detail,
+    }
+
+
 def job_from_row(row: Sequence[Any], tags: tuple[str, ...]) -> JobRecord:
     return JobRecord(
         id=row[0],

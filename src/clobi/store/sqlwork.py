@@ -17,7 +17,7 @@ from clobi.model.records import (
 )
 from clobi.model.states import AttemptState, JobState, job_state_for
 from clobi.store.base import ClaimRequest
-from clobi.store.sqlcore import Cursor, SqlCore, labels_text
+from clobi.store.sqlcore import Cursor, SqlCore, event_row, labels_text
 
 # How many queued jobs one claim looks at to fill the capacity it was given.
 _SCAN_FACTOR = 4
@@ -51,17 +51,26 @@ class SqlWork(SqlCore):
         if request.limit <= 0:
             return []
         with self._tx() as cur:
-            return self._claim(cur, request, self._now())
+            events: list[dict[str, Any]] = []
+            claims = self._claim(cur, request, self._now(), events)
+            cur.executemany(self.q["insert_event"], events)
+            return claims
 
     def finish(
         self, agent_id: int, outcomes: Sequence[Outcome], then: ClaimRequest | None = None
     ) -> tuple[list[int], list[Claim]]:
         with self._tx() as cur:
             now = self._now()
+            events: list[dict[str, Any]] = []
             refused = [
-                o.attempt_id for o in outcomes if not self._finish_one(cur, agent_id, o, now)
+                o.attempt_id
+                for o in outcomes
+                if not self._finish_one(cur, agent_id, o, now, events)
             ]
-            claims = self._claim(cur, then, now) if then is not None and then.limit > 0 else []
+            claims = []
+            if then is not None and then.limit > 0:
+                claims = self._claim(cur, then, now, events)
+            cur.executemany(self.q["insert_event"], events)  # one statement for the whole batch
             return refused, claims
 
     def heartbeat(
@@ -156,7 +165,9 @@ class SqlWork(SqlCore):
         return None if row is None or row[0] is None else max(0.0, row[0] - now)
 
     # --- internals ----------------------------------------------------------------------
-    def _claim(self, cur: Cursor, req: ClaimRequest, now: float) -> list[Claim]:
+    def _claim(
+        self, cur: Cursor, req: ClaimRequest, now: float, events: list[dict[str, Any]]
+    ) -> list[Claim]:
         cap = req.capacity
         cur.execute(
             self.q["claim_candidates"],
@@ -187,21 +198,16 @@ class SqlWork(SqlCore):
             )
             if cur.rowcount != 1:  # cannot happen inside the write lock; refuse loudly if it does
                 raise RuntimeError(f"job {job_id}: claimed twice")
-            self._event(
-                cur,
-                now,
-                "started",
-                job_id,
-                attempt_id=attempt_id,
-                agent_id=req.agent_id,
-                from_state="queued",
-                to_state="running",
+            events.append(
+                event_row(now, "started", job_id, attempt_id, req.agent_id, "queued", "running")
             )
             spec, sha = self._spec(cur, spec_id)
             claims.append(Claim(attempt_id, job_id, spec, index, sha, now + req.lease_s))
         return claims
 
-    def _finish_one(self, cur: Cursor, agent_id: int, o: Outcome, now: float) -> bool:
+    def _finish_one(
+        self, cur: Cursor, agent_id: int, o: Outcome, now: float, events: list[dict[str, Any]]
+    ) -> bool:
         cur.execute(
             self.q["attempt_for_finish"], {"attempt_id": o.attempt_id, "agent_id": agent_id}
         )
@@ -250,16 +256,11 @@ class SqlWork(SqlCore):
         else:
             to = JobState.CANCELLED if cancel_requested else job_state_for(o.state)
             cur.execute(self.q["end_job"], {**params, "state": to.value})
-        self._event(
-            cur,
-            now,
-            "retry" if retry else str(to),
-            job_id,
-            attempt_id=o.attempt_id,
-            agent_id=agent_id,
-            from_state="running",
-            to_state=str(to),
-            detail=_detail(o, attempts),
+        kind = "retry" if retry else str(to)
+        events.append(
+            event_row(
+                now, kind, job_id, o.attempt_id, agent_id, "running", str(to), _detail(o, attempts)
+            )
         )
         return True
 

@@ -21,7 +21,7 @@ from clobi.errors import NotFound, UsageError
 from clobi.model.records import AgentRecord, AttemptRecord, Event, JobFilter, JobRecord, Submission
 from clobi.model.spec import JobSpec
 from clobi.model.states import JobState
-from clobi.sandbox import archive
+from clobi.sandbox import archive, packing
 from clobi.session import Session, find_session
 
 WAIT_POLL_S = 0.2
@@ -80,7 +80,7 @@ class Client:
 
     def _store_inputs(self, spec: JobSpec, base_dir: Path) -> str:
         with tempfile.TemporaryFile() as spool:
-            archive.pack_inputs(spec.inputs, base_dir, spool)
+            packing.pack_inputs(spec.inputs, base_dir, spool)
             spool.seek(0)
             return self.sandbox.put_input(spool).sha256
 

@@ -12,14 +12,8 @@ import pytest
 
 from clobi.errors import SandboxError, UnsafeArchive
 from clobi.model.spec import InputItem
-from clobi.sandbox.archive import (
-    Limits,
-    collect_outputs,
-    list_members,
-    pack_inputs,
-    read_member,
-    unpack,
-)
+from clobi.sandbox.archive import Limits, list_members, read_member, unpack
+from clobi.sandbox.packing import collect_outputs, pack_inputs
 
 # --- factories --------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from clobi.errors import SandboxError
 from clobi.model.records import Claim, Outcome
 from clobi.model.spec import expand_command, expand_env
 from clobi.model.states import AttemptState
-from clobi.sandbox import archive
+from clobi.sandbox import archive, packing
 from clobi.sandbox.base import SandboxStore
 from clobi.sandbox.tarwriter import small_tar
 
@@ -167,11 +167,11 @@ def _finish_general(
     with tempfile.SpooledTemporaryFile(max_size=inline_max + 1) as spooled:
         spool = cast(BinaryIO, spooled)
         try:
-            archive.collect_outputs(cwd, patterns, spool, extra=extra)
+            packing.collect_outputs(cwd, patterns, spool, extra=extra)
         except SandboxError as exc:
             spool.seek(0)
             spool.truncate()
-            archive.collect_outputs(root, (), spool, extra=extra)
+            packing.collect_outputs(root, (), spool, extra=extra)
             _fail(attempt, f"output rejected: {exc.message}", user_error=True)
         size = spool.tell()
         spool.seek(0)

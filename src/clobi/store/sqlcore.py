@@ -65,19 +65,8 @@ class SqlCore:
         to_state: str = "",
         detail: str = "",
     ) -> None:
-        cur.execute(
-            self.q["insert_event"],
-            {
-                "now": now,
-                "job_id": job_id,
-                "attempt_id": attempt_id,
-                "agent_id": agent_id,
-                "kind": kind,
-                "from_state": from_state,
-                "to_state": to_state,
-                "detail": detail,
-            },
-        )
+        row = event_row(now, kind, job_id, attempt_id, agent_id, from_state, to_state, detail)
+        cur.execute(self.q["insert_event"], row)
 
     def _spec(self, cur: Cursor, spec_id: int) -> tuple[JobSpec, str | None]:
         """A spec by id, parsed once per store (arrays share one spec row)."""

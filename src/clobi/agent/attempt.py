@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
 import signal
 import socket
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from clobi.agent.process import JobProcess, SpawnError, spawn
+from clobi.agent.workdirs import WorkDirs
 from clobi.errors import SandboxError
 from clobi.model.records import Claim, Outcome
 from clobi.model.spec import expand_command, expand_env
@@ -69,13 +69,12 @@ class Attempt:
         return self.claim.spec.resources.cpus
 
 
-def start(attempt: Attempt, sandbox: SandboxStore) -> None:
+def start(attempt: Attempt, sandbox: SandboxStore, dirs: WorkDirs) -> None:
     """Stage in and spawn. A problem the user must fix ends the attempt as a user error."""
     claim = attempt.claim
     spec = claim.spec
     try:
-        os.mkdir(attempt.root)
-        os.mkdir(attempt.job_dir)
+        dirs.make(attempt.root)
         if claim.input_sha256:
             with sandbox.open_input(claim.input_sha256) as src:
                 archive.unpack(src, Path(attempt.job_dir))
@@ -215,13 +214,6 @@ def _attempt_log(attempt: Attempt, agent_name: str) -> bytes:
     return (lines + "\n").encode()
 
 
-def discard(attempt: Attempt) -> None:
-    """Remove the attempt's directory once its outcome is reported (or it was lost)."""
-    try:  # the usual case: the job left its work area empty
-        for name in ("stdout", "stderr", "attempt.log"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{attempt.root}/{name}")
-        os.rmdir(attempt.job_dir)
-        os.rmdir(attempt.root)
-    except OSError:
-        shutil.rmtree(attempt.root, ignore_errors=True)
+def discard(attempt: Attempt, dirs: WorkDirs) -> None:
+    """Give back the attempt's directory once its outcome is reported (or it was lost)."""
+    dirs.release(attempt.root)

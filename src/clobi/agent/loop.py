@@ -15,14 +15,17 @@ import signal
 import socket
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
 from clobi.agent import attempt as att
 from clobi.agent import process
+from clobi.agent.pacing import REPORT_DELAY_S, Pace
+from clobi.agent.workdirs import WorkDirs
 from clobi.errors import ClobiError
-from clobi.model.records import AgentInfo, Capacity, Claim, Outcome
+from clobi.model.records import AgentInfo, Capacity, Outcome
 from clobi.model.states import AttemptState
 from clobi.sandbox.base import SandboxStore
 from clobi.session import Session
@@ -77,11 +80,15 @@ class Agent:
         self.work_dir = str(session.work_dir)
         self.running: dict[int, att.Attempt] = {}
         self.done: list[att.Attempt] = []
+        self.done_since = 0.0  # when the oldest unreported outcome was ready
+        self.backlog: deque[att.Attempt] = deque()  # claimed, not started (short jobs only)
+        self.pace = Pace(slots=max(1, int(self.info.cpus)))
         self.terminator = process.Terminator()
         self.draining = threading.Event()
         self.clock = _Clock()
         self.agent_id = 0
         self.bell: Wakeup | None = None
+        self.dirs = WorkDirs(self.work_dir, f"{self.info.host}-{os.getpid()}")
 
     # --- the loop ---------------------------------------------------------------------
     def run(self) -> int:
@@ -89,7 +96,9 @@ class Agent:
         self.bell = self.store.listen(f"agent-{self.agent_id}")
         log.info("agent %s (id %d) up with %s cpus", self.info.name, self.agent_id, self.info.cpus)
         try:
-            while not (self.draining.is_set() and not self.running and not self.done):
+            while not (
+                self.draining.is_set() and not self.running and not self.done and not self.backlog
+            ):
                 self.turn()
         finally:
             self._shutdown()
@@ -116,12 +125,15 @@ class Agent:
                 continue  # an orphan reparented to us; nothing to report
             assert a.proc is not None
             process.cleanup_leftovers(a.proc, thorough=a.ended_as is not None)
+            self.pace.observe(time.monotonic() - a.proc.started_monotonic)
             self.terminator.forget(a.proc)
             att.ended(a, code)
             self._move_to_done(a)
 
     def _move_to_done(self, a: att.Attempt) -> None:
         self.running.pop(a.id, None)
+        if not self.done:
+            self.done_since = time.monotonic()
         self.done.append(a)
 
     def _enforce_deadlines(self, now: float) -> None:
@@ -138,24 +150,29 @@ class Agent:
             a.ended_as, a.reason = state, reason
         if a.proc is not None:
             self.terminator.start(a.proc, self.session.settings.kill_grace_s)
+        elif a in self.backlog:  # never started: it ends here
+            self.backlog.remove(a)
+            self._move_to_done(a)
+
+    def _held(self) -> list[att.Attempt]:
+        """Attempts this agent holds a lease for: running and not yet started."""
+        return [*self.running.values(), *self.backlog]
 
     def _heartbeat(self, now: float) -> None:
         self.clock.next_heartbeat = now + self.heartbeat_s
-        ids = list(self.running)
+        held = self._held()
+        ids = [a.id for a in held]
         try:
             reply = self.store.heartbeat(self.agent_id, ids, self.lease_s)
         except ClobiError as exc:
             log.warning("heartbeat failed: %s", exc)
             return
-        for attempt_id in ids:
-            a = self.running.get(attempt_id)
-            if a is None:
-                continue
-            if attempt_id in reply.renewed:
-                a.lease_deadline = now + self.lease_s
-            else:
+        for a in held:
+            if a.id not in reply.renewed:
                 self._lose(a, "lease not renewed")
-            if attempt_id in reply.cancel:
+                continue
+            a.lease_deadline = now + self.lease_s
+            if a.id in reply.cancel:
                 self._stop(a, AttemptState.CANCELLED, "killed by user")
         if reply.drain and not self.draining.is_set():
             log.info("asked to drain")
@@ -164,7 +181,7 @@ class Agent:
     def _fence(self, now: float) -> None:
         # Stop jobs before their lease can expire: the sweeper will hand them to someone else.
         margin = min(self.heartbeat_s, self.lease_s / 4)
-        for a in list(self.running.values()):
+        for a in self._held():
             if now >= a.lease_deadline - margin:
                 self._lose(a, "could not renew the lease; stopped to stay fenced")
 
@@ -173,8 +190,10 @@ class Agent:
         if a.proc is not None:
             process.signal_job(a.proc, signal.SIGKILL)
         self.running.pop(a.id, None)
+        if a in self.backlog:
+            self.backlog.remove(a)
         self.terminator.forget_later(a.proc)
-        att.discard(a)
+        att.discard(a, self.dirs)
 
     def _sweep(self, now: float) -> None:
         s = self.session.settings
@@ -189,10 +208,12 @@ class Agent:
             log.warning("sweep failed: %s", exc)
 
     def _report_and_claim(self, now: float) -> None:
-        outcomes = [self._outcome(a) for a in self.done]
         request = self._claim_request(now)
-        if not outcomes and request is None:
+        due = self._report_due(now)
+        if not due and request is None:
+            self._start_backlog()
             return
+        outcomes = [self._outcome(a) for a in self.done] if due else []
         try:
             if outcomes:
                 refused, claims = self.store.finish(self.agent_id, outcomes, request)
@@ -204,13 +225,46 @@ class Agent:
         except ClobiError as exc:
             log.warning("store: %s", exc)  # keep outcomes; report again next turn
             return
-        for a in self.done:
-            att.discard(a)
-        self.done.clear()
+        if outcomes:
+            for a in self.done:
+                att.discard(a, self.dirs)
+            self.done.clear()
         if request is not None and len(claims) < request.limit:
             self.clock.next_claim = now + IDLE_POLL_S  # queue looked empty: wait for a bell
         for claim in claims:
-            self._start(claim, now)
+            root = f"{self.work_dir}/{claim.attempt_id}"
+            self.backlog.append(att.Attempt(claim, root, now + self.lease_s))
+        self._start_backlog()
+
+    def _report_due(self, now: float) -> bool:
+        if self.draining.is_set() and self.done:
+            return True
+        return self.pace.report_due(len(self.done), now - self.done_since, len(self.backlog))
+
+    def _start_backlog(self) -> None:
+        """Start claimed jobs in claim order while they fit the free slots."""
+        cpus, memory, gpus = self._free()
+        while self.backlog:
+            r = self.backlog[0].claim.spec.resources
+            fits = r.cpus <= cpus + 1e-9 and r.memory_bytes <= memory and r.gpus <= gpus
+            if self.running and not fits:
+                return
+            a = self.backlog.popleft()
+            a.started_wall = time.time()
+            att.start(a, self.sandbox, self.dirs)
+            if a.proc is None:
+                self._move_to_done(a)
+            else:
+                self.running[a.id] = a
+            cpus, memory, gpus = cpus - r.cpus, memory - r.memory_bytes, gpus - r.gpus
+
+    def _free(self) -> tuple[float, int, int]:
+        busy = [a.claim.spec.resources for a in self.running.values()]
+        return (
+            self.info.cpus - sum(r.cpus for r in busy),
+            self.info.memory_bytes - sum(r.memory_bytes for r in busy),
+            self.info.gpus - sum(r.gpus for r in busy),
+        )
 
     def _outcome(self, a: att.Attempt) -> Outcome:
         # Stored once: if the report fails, the next turn reports the same stored output.
@@ -223,35 +277,30 @@ class Agent:
     def _claim_request(self, now: float) -> ClaimRequest | None:
         if self.draining.is_set() or now < self.clock.next_claim:
             return None
-        used = sum(a.cpus for a in self.running.values())
-        free_cpus = self.info.cpus - used
-        if free_cpus < 1e-9:
+        held = self._held()
+        limit = self.pace.claim_size(len(held))
+        if limit <= 0:
             return None
-        used_mem = sum(a.claim.spec.resources.memory_bytes for a in self.running.values())
-        used_gpus = sum(a.claim.spec.resources.gpus for a in self.running.values())
-        cap = Capacity(
-            free_cpus,
-            self.info.memory_bytes - used_mem,
-            self.info.gpus - used_gpus,
-            self.info.labels,
+        f, info = self.pace.factor, self.info
+        need = [a.claim.spec.resources for a in held]
+        room = Capacity(
+            info.cpus * f - sum(r.cpus for r in need),
+            info.memory_bytes * f - sum(r.memory_bytes for r in need),
+            info.gpus * f - sum(r.gpus for r in need),
+            info.labels,
         )
-        return ClaimRequest(
-            self.agent_id, cap, max(1, int(free_cpus)), self.lease_s, str(self.session.work_dir)
-        )
-
-    def _start(self, claim: Claim, now: float) -> None:
-        a = att.Attempt(claim, f"{self.work_dir}/{claim.attempt_id}", now + self.lease_s)
-        att.start(a, self.sandbox)
-        if a.proc is None:
-            self.done.append(a)
-        else:
-            self.running[a.id] = a
+        if room.cpus < 1e-9:
+            return None
+        whole = Capacity(info.cpus, info.memory_bytes, info.gpus, info.labels)
+        return ClaimRequest(self.agent_id, room, limit, self.lease_s, self.work_dir, per_job=whole)
 
     def _sleep(self) -> None:
-        if self.done:
-            return
         now = time.monotonic()
+        if self._report_due(now):
+            return
         wake = [self.clock.next_heartbeat, self.clock.next_sweep, self.terminator.next_due()]
+        if self.done:
+            wake.append(self.done_since + REPORT_DELAY_S)
         if not self.draining.is_set() and self._claim_request(0.0) is not None:
             wake.append(self.clock.next_claim)
         wake += [a.walltime_deadline for a in self.running.values() if a.walltime_deadline]
@@ -269,6 +318,7 @@ class Agent:
             self.store.agent_exited(self.agent_id)
         if self.bell is not None:
             self.bell.close()
+        self.dirs.close()
 
 
 def run_agent(session: Session, options: AgentOptions) -> int:

@@ -34,13 +34,15 @@ from clobi.model.states import JobState
 
 @dataclass(frozen=True)
 class ClaimRequest:
-    """Ask for up to `limit` jobs fitting `capacity`, leased for `lease_s` seconds."""
+    """Ask for up to `limit` jobs that together fit `capacity` and each fit `per_job`,
+    leased for `lease_s` seconds."""
 
     agent_id: int
     capacity: Capacity
     limit: int
     lease_s: float
     workdir_root: str = ""
+    per_job: Capacity | None = None  # the most one job may need (default: `capacity`)
 
 
 class Wakeup(Protocol):

@@ -169,13 +169,14 @@ class SqlWork(SqlCore):
         self, cur: Cursor, req: ClaimRequest, now: float, events: list[dict[str, Any]]
     ) -> list[Claim]:
         cap = req.capacity
+        one = req.per_job or cap
         cur.execute(
             self.q["claim_candidates"],
             {
                 "now": now,
-                "cpus": cap.cpus,
-                "memory": cap.memory_bytes,
-                "gpus": cap.gpus,
+                "cpus": min(one.cpus, cap.cpus),
+                "memory": min(one.memory_bytes, cap.memory_bytes),
+                "gpus": min(one.gpus, cap.gpus),
                 "scan": max(16, req.limit * _SCAN_FACTOR),
             },
         )

@@ -1,7 +1,8 @@
 """The `SandboxStore` contract, run against every engine.
 
 Adding an engine: add an `Engine` to `ENGINES` that makes a fresh, empty store and counts the
-stored copies of an input (it may `pytest.skip` when its service is not available).
+stored copies of an input (it may `pytest.skip` when its service is not available; use
+`tests.conftest.need` so that CI=true fails instead).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import pytest
 from clobi.errors import NotFound, SandboxError
 from clobi.sandbox.base import SandboxStore
 from clobi.sandbox.local import LocalSandbox
+from tests.s3server import list_keys, s3_server_for
 
 
 @dataclass(frozen=True)
 class Engine:
-    make: Callable[[Path], SandboxStore]
+    make: Callable[[pytest.FixtureRequest, Path], SandboxStore]  # (request, tmp_path)
     input_copies: Callable[[SandboxStore], int]  # every object stored on the input side
 
 
@@ -31,11 +33,32 @@ def _local_input_copies(store: SandboxStore) -> int:
     return sum(1 for p in (store.root / "inputs").rglob("*") if p.is_file())
 
 
+def _s3(request: pytest.FixtureRequest, tmp_path: Path) -> SandboxStore:
+    """A store in a fresh bucket of the shared SeaweedFS server, under a prefix."""
+    from clobi.sandbox.s3 import S3Sandbox
+
+    server = s3_server_for(request)
+    url = f"s3://{server.new_bucket()}/my%20sandbox/v1?endpoint={server.endpoint}&region=test-1"
+    return S3Sandbox.from_url(url, boto_session=server.boto_session())
+
+
+def _s3_input_copies(store: SandboxStore) -> int:
+    """Every object in the bucket that is not an output, so that temporary objects and objects
+    outside the prefix count too."""
+    from clobi.sandbox.s3 import S3Sandbox
+
+    assert isinstance(store, S3Sandbox)
+    location = store.location
+    keys = list_keys(location.endpoint or "", location.bucket)
+    return sum(1 for key in keys if not key.startswith(f"{location.prefix}outputs/"))
+
+
 ENGINES = {
     "local": Engine(
-        make=lambda tmp: LocalSandbox.from_url((tmp / "my sandbox").as_uri()),
+        make=lambda _, tmp: LocalSandbox.from_url((tmp / "my sandbox").as_uri()),
         input_copies=_local_input_copies,
     ),
+    "s3": Engine(make=_s3, input_copies=_s3_input_copies),
 }
 
 
@@ -45,8 +68,8 @@ def engine(request: pytest.FixtureRequest) -> Engine:
 
 
 @pytest.fixture
-def sandbox(engine: Engine, tmp_path: Path) -> SandboxStore:
-    return engine.make(tmp_path)
+def sandbox(engine: Engine, request: pytest.FixtureRequest, tmp_path: Path) -> SandboxStore:
+    return engine.make(request, tmp_path)
 
 
 class PatternStream(io.RawIOBase):

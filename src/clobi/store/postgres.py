@@ -1,0 +1,481 @@
+"""The PostgreSQL engine: one database shared by several servers and sweepers.
+
+The behaviour is the shared SQL store's (`SqlJobs`, `SqlWork`, `SqlTokens` over the named
+queries); this module supplies connections and transactions, and what concurrent writers need
+where SQLite simply serialises them:
+
+- claims lock their candidates `FOR UPDATE SKIP LOCKED`, so claimers never wait for each other
+  and never get the same job (`sql/postgres/queries.sql` holds the queries that differ);
+- time is the database's clock, read once per transaction, so leases mean the same on every host;
+- submits, retries and sweeps that requeue `NOTIFY clobi_work` in their transaction; `listen()`
+  is a connection doing `LISTEN clobi_work`;
+- the sweeper is elected with an advisory lock (see `try_lock`);
+- the schema is migrated under an advisory lock, so concurrent starters do not race.
+
+Commits are durable: `synchronous_commit` is raised to `on` if the server has it `off`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import re
+import select
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from enum import Enum
+from typing import Any
+
+import psycopg
+
+from clobi.errors import SessionError, StoreUnavailable
+from clobi.model.records import Claim, Outcome, Submission, SweepResult
+from clobi.store import queries
+from clobi.store.base import ClaimRequest, Store, Wakeup
+from clobi.store.sqlcore import Cursor
+from clobi.store.sqljobs import SqlJobs
+from clobi.store.sqltokens import SqlTokens
+from clobi.store.sqlwork import SqlWork
+
+CHANNEL = "clobi_work"
+DIALECT = "postgres"
+MIN_SERVER_VERSION = 140000  # idle_session_timeout, which times out sweeper elections
+
+# First halves of Clobi's two-part advisory lock keys, one per use, so a blocking lock of one
+# use can never wait on a lock of another: "CLOB" + 1, 2, 3.
+NS_MIGRATE, NS_ELECTION, NS_SUBMIT = 0x434C4F41 + 1, 0x434C4F41 + 2, 0x434C4F41 + 3
+
+Conn = psycopg.Connection[Any]
+
+
+class PostgresStore(SqlJobs, SqlWork, SqlTokens, Store):
+    """Store engine over one PostgreSQL database; one connection per instance (stores are
+    used from one thread at a time), plus one per listener and per lock it contends for."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.q = queries.load(dialect=DIALECT)
+        self.url = url
+        self.where = redact(url)
+        self._lock = threading.RLock()
+        self._cur: Cursor | None = None  # the open transaction's cursor, joined by nested _tx
+        self._tx_now: float | None = None
+        self._closed = False
+        self._elections: dict[str, _Election] = {}
+        self._listeners: set[_Listener] = set()
+        self._conn = connect(url, self.where)
+        try:
+            migrate(self._conn)
+        except psycopg.Error as exc:
+            self._conn.close()
+            raise StoreUnavailable(f"store {self.where}: migrating: {reason(exc)}") from None
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresStore:
+        """`postgresql://user@host:port/dbname` (or `postgres://…`, any libpq URL)."""
+        return cls(url)
+
+    # --- what SqlCore needs ---------------------------------------------------------------
+    @contextlib.contextmanager
+    def _tx(self, write: bool = True) -> Iterator[Cursor]:
+        # MVCC readers never block writers, so reads and writes open the same transaction.
+        with self._lock:
+            if self._cur is not None:  # a method here opened it to add to it: join it
+                yield self._cur
+                return
+            conn = self._connection()
+            try:
+                with conn.cursor() as raw:
+                    self._cur = _Cursor(raw)
+                    yield self._cur
+                conn.commit()
+            except psycopg.OperationalError as exc:
+                _rollback(conn)
+                raise StoreUnavailable(f"store {self.where}: {reason(exc)}") from None
+            except BaseException:
+                _rollback(conn)
+                raise
+            finally:
+                self._cur, self._tx_now = None, None
+
+    def _insert(self, cur: Cursor, query: str, params: dict[str, Any]) -> int:
+        cur.execute(query, params)  # the postgres insert queries end in RETURNING id
+        return int(cur.fetchone()[0])
+
+    # SqlCore's clock is static (the local time); this one needs the connection.
+    def _now(self) -> float:  # type: ignore[override]
+        """The database's clock, read once per transaction: leases computed by servers on
+        different hosts agree."""
+        with self._tx(write=False):
+            if self._tx_now is None:
+                # Its own cursor: the transaction's cursor may hold rows not fetched yet.
+                self._tx_now = float(_value(self._conn.execute(self.q["db_now"])))
+            return self._tx_now
+
+    # --- changes that also lock rows in a fixed order or wake agents ---------------------
+    def submit(self, submission: Submission) -> list[int]:
+        """Create the jobs and notify listeners, in one transaction."""
+        with self._tx() as cur:
+            if submission.idempotency_key is not None:
+                key = {"namespace": NS_SUBMIT, "key": submission.idempotency_key}
+                cur.execute(self.q["lock_idempotency_key"], key)
+            ids = super().submit(submission)
+            cur.execute(self.q["notify_work"])
+            return ids
+
+    def retry(self, job_ids: Sequence[int]) -> list[int]:
+        """Requeue finished jobs and notify listeners, in one transaction."""
+        with self._tx() as cur:
+            self._lock_jobs(cur, job_ids)
+            ids = super().retry(job_ids)
+            if ids:
+                cur.execute(self.q["notify_work"])
+            return ids
+
+    def kill(self, job_ids: Sequence[int]) -> list[int]:
+        """Cancel or ask to stop jobs (locked in id order first)."""
+        with self._tx() as cur:
+            self._lock_jobs(cur, job_ids)
+            return super().kill(job_ids)
+
+    def remove(self, job_ids: Sequence[int]) -> list[int]:
+        """Delete jobs (locked first, so none starts running while it is deleted)."""
+        with self._tx() as cur:
+            self._lock_jobs(cur, job_ids)
+            return super().remove(job_ids)
+
+    def claim(self, request: ClaimRequest) -> list[Claim]:
+        """Claim queued jobs, walking the queue index whatever the statistics say."""
+        with self._tx() as cur:
+            cur.execute(self.q["claim_plan"])
+            return super().claim(request)
+
+    def finish(
+        self, agent_id: int, outcomes: Sequence[Outcome], then: ClaimRequest | None = None
+    ) -> tuple[list[int], list[Claim]]:
+        """Record outcomes (their jobs locked in id order first) and maybe claim more."""
+        with self._tx() as cur:
+            if len(outcomes) > 1:
+                cur.execute(self.q["lock_outcomes"], {"ids": [o.attempt_id for o in outcomes]})
+            if then is not None:  # after lock_outcomes, which needs its sort
+                cur.execute(self.q["claim_plan"])
+            return super().finish(agent_id, outcomes, then)
+
+    def sweep(self, lost_cap: int, agent_timeout_s: float) -> SweepResult:
+        """Sweep, notifying listeners in the same transaction when jobs were requeued."""
+        with self._tx() as cur:
+            result = super().sweep(lost_cap, agent_timeout_s)
+            if result.requeued_jobs:
+                cur.execute(self.q["notify_work"])
+            return result
+
+    def _lock_jobs(self, cur: Cursor, job_ids: Sequence[int]) -> None:
+        if job_ids:
+            cur.execute(self.q["lock_jobs"], {"ids": [int(i) for i in job_ids]})
+
+    # --- sweeper election -----------------------------------------------------------------
+    def try_lock(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Take or renew lock `name` for `owner` for `ttl_s` seconds.
+
+        Between stores, the lock is a session advisory lock held on a connection of its own.
+        `ttl_s` maps onto that connection's `idle_session_timeout`: when its holder does not
+        call again within `ttl_s`, PostgreSQL ends the session, which releases the lock, and
+        the next store to ask takes it. A holder that dies releases it at once.
+        Between owners of one store, which share that session, the `locks` row decides, with
+        the same TTL rule as SQLite. A store that has just taken the advisory lock overwrites
+        the row: whoever it names lost the lock with their session.
+        """
+        with self._lock:
+            election = self._election(name)
+            got = election.hold(ttl_s)
+            if got is _Held.REFUSED:
+                return False
+            if got is _Held.RENEWED:
+                return super().try_lock(name, owner, ttl_s)
+            try:
+                with self._tx() as cur:
+                    until = self._now() + ttl_s
+                    cur.execute(
+                        self.q["force_lock"], {"name": name, "owner": owner, "until": until}
+                    )
+            except BaseException:
+                election.close()  # not recorded as ours: let go, so the next call starts over
+                raise
+            return True
+
+    def _election(self, name: str) -> _Election:
+        election = self._elections.get(name)
+        if election is None:
+            self._check_open()
+            election = self._elections[name] = _Election(self.url, self.where, name, self.q)
+        return election
+
+    # --- wake-ups and connections -----------------------------------------------------------
+    def listen(self, name: str) -> Wakeup | None:
+        """A handle readable when work may have appeared, on its own `LISTEN` connection."""
+        self._check_open()
+        listener = _Listener(self.url, self.where, name, self._listeners.discard)
+        self._listeners.add(listener)
+        return listener
+
+    def close(self) -> None:
+        """Close the store's connection, its lock sessions (releasing their locks) and its
+        listeners."""
+        with self._lock:
+            self._closed = True
+            for listener in list(self._listeners):
+                listener.close()
+            for election in self._elections.values():
+                election.close()
+            self._elections.clear()
+            self._conn.close()
+
+    def _connection(self) -> Conn:
+        self._check_open()
+        if not alive(self._conn):  # lost while idle (server restart, network): reconnect
+            self._conn.close()
+            self._conn = connect(self.url, self.where)
+        return self._conn
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreUnavailable(f"store {self.where}: closed")
+
+
+class _Cursor:
+    """A psycopg cursor that takes the shared queries' `:name` parameters."""
+
+    def __init__(self, raw: psycopg.Cursor[Any]) -> None:
+        self._raw = raw
+
+    def execute(self, sql: str, params: Any = None, /) -> Any:
+        return self._raw.execute(sql if params is None else pyformat(sql), params)
+
+    def executemany(self, sql: str, params: Any, /) -> Any:
+        return self._raw.executemany(pyformat(sql), params)
+
+    def fetchone(self) -> Any:
+        return self._raw.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return self._raw.fetchall()
+
+    @property
+    def rowcount(self) -> int:
+        return self._raw.rowcount
+
+
+class _Held(Enum):
+    TAKEN = "taken"  # this call took the advisory lock
+    RENEWED = "renewed"  # this store already held it
+    REFUSED = "refused"  # another store holds it
+
+
+class _Election:
+    """One lock name's advisory lock, on a connection of its own: PostgreSQL releases it when
+    the connection ends, and ends the connection after `idle_session_timeout`."""
+
+    def __init__(self, url: str, where: str, name: str, q: dict[str, str]) -> None:
+        self.url, self.where, self.name, self.q = url, where, name, q
+        self.conn: Conn | None = None
+        self.held = False
+
+    def hold(self, ttl_s: float) -> _Held:
+        """Take or renew the advisory lock, arming the session's idle timeout with `ttl_s`."""
+        timeout = str(max(1, min(round(ttl_s * 1000), 2**31 - 1)))  # ms; "0" would disable it
+        if self.conn is not None and not alive(self.conn):
+            self.close()  # the server ended the idle session, and the lock went with it
+        try:
+            return self._hold(timeout)
+        except psycopg.OperationalError as exc:
+            self.close()
+            raise StoreUnavailable(f"store {self.where}: lock {self.name}: {reason(exc)}") from None
+
+    def _hold(self, timeout: str) -> _Held:
+        if self.conn is None:
+            self.conn = connect(self.url, self.where, autocommit=True)
+        if self.held:
+            self.conn.execute(pyformat(self.q["renew_advisory_lock"]), {"timeout": timeout})
+            return _Held.RENEWED
+        params = {"namespace": NS_ELECTION, "name": self.name, "timeout": timeout}
+        self.held = bool(_value(self.conn.execute(pyformat(self.q["take_advisory_lock"]), params)))
+        return _Held.TAKEN if self.held else _Held.REFUSED
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.conn, self.held = None, False
+
+
+class _Listener:
+    """A wake-up handle: a connection doing `LISTEN clobi_work`, readable on a notification.
+
+    If the connection is lost it wakes its owner (a notification may have been missed) and
+    listens again on a new one; while the server is unreachable, `fileno()` is a pipe that
+    never becomes readable, so the owner falls back on its own timers instead of spinning.
+    """
+
+    def __init__(
+        self, url: str, where: str, name: str, forget: Callable[[_Listener], None]
+    ) -> None:
+        self.url, self.where, self.name, self._forget = url, where, name, forget
+        self._idle: tuple[int, int] | None = None
+        self._conn: Conn | None = self._open()
+
+    def fileno(self) -> int:
+        if self._conn is None or self._conn.closed:
+            if self._idle is None:
+                self._idle = os.pipe()
+            return self._idle[0]
+        return self._conn.fileno()
+
+    def rang(self) -> bool:
+        """Consume pending notifications; True if there were any (or the connection was
+        lost and may have missed some)."""
+        if self._conn is not None and alive(self._conn):  # alive() reads what is pending
+            rang = False
+            while self._conn.pgconn.notifies() is not None:
+                rang = True
+            return rang
+        lost = self._conn is not None
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = self._open_or_none()
+        return lost or self._conn is not None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        if self._idle is not None:
+            for fd in self._idle:
+                os.close(fd)
+            self._idle = None
+        self._forget(self)
+
+    def _open(self) -> Conn:
+        conn = connect(self.url, self.where, autocommit=True)
+        conn.execute(f"LISTEN {CHANNEL}")
+        return conn
+
+    def _open_or_none(self) -> Conn | None:
+        try:
+            return self._open()
+        except StoreUnavailable:
+            return None
+
+
+# --- connections, migrations, parameters -----------------------------------------------------
+def connect(url: str, where: str, autocommit: bool = False) -> Conn:
+    """A connection set up for Clobi: READ COMMITTED, durable commits, never idled out."""
+    try:
+        conn = psycopg.connect(url, autocommit=autocommit, fallback_application_name="clobi")
+    except psycopg.Error as exc:
+        raise StoreUnavailable(f"store {where}: cannot connect: {reason(exc)}") from None
+    try:
+        if conn.info.server_version < MIN_SERVER_VERSION:
+            raise SessionError(f"store {where}: needs PostgreSQL 14 or newer")
+        conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+        conn.execute(queries.load(dialect=DIALECT)["session_setup"])
+        if not autocommit:
+            conn.commit()
+    except psycopg.Error as exc:
+        conn.close()
+        raise StoreUnavailable(f"store {where}: setting up a connection: {reason(exc)}") from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def alive(conn: Conn) -> bool:
+    """False when the server ended the connection while it was idle (restart, termination,
+    idle timeout). Costs one poll of the socket; reads only if something is pending."""
+    if conn.closed:
+        return False
+    try:
+        if select.select([conn.fileno()], [], [], 0)[0]:
+            conn.pgconn.consume_input()
+            conn.pgconn.consume_input()  # the first read may stop at the server's last words
+    except (psycopg.OperationalError, OSError):
+        return False
+    return not conn.closed
+
+
+def migrate(conn: Conn) -> int:
+    """Bring the schema to the newest migration; returns the version. Concurrent starters
+    queue on an advisory lock and find the work done."""
+    pending = queries.migrations(DIALECT)
+    version = _schema_version(conn)
+    if version < pending[-1][0]:
+        try:
+            conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (NS_MIGRATE,))
+            conn.execute(queries.load(dialect=DIALECT)["create_version_table"])
+            version = _schema_version(conn)  # another starter may have migrated meanwhile
+            for v, sql in pending:
+                if v > version:
+                    conn.execute(sql)  # no parameters: several statements in one go
+                    conn.execute("INSERT INTO clobi_schema_version (version) VALUES (%s)", (v,))
+                    version = v
+        except BaseException:
+            _rollback(conn)
+            raise
+    conn.commit()
+    return version
+
+
+def _schema_version(conn: Conn) -> int:
+    if not _value(conn.execute("SELECT to_regclass('clobi_schema_version') IS NOT NULL")):
+        return 0
+    return int(_value(conn.execute("SELECT coalesce(max(version), 0) FROM clobi_schema_version")))
+
+
+def _value(cur: psycopg.Cursor[Any]) -> Any:
+    """The first column of the one row a statement returns."""
+    row = cur.fetchone()
+    if row is None:
+        raise StoreUnavailable("the database returned no row where one was due")
+    return row[0]
+
+
+_TOKENS = re.compile(
+    r"""'(?:[^']|'')*'      # a string literal
+      | "(?:[^"]|"")*"      # a quoted identifier
+      | --[^\n]*            # a comment
+      | /\*.*?\*/           # a block comment
+      | ::                  # a cast, not a parameter
+      | :([A-Za-z_]\w*)     # a parameter
+      | %                   # psycopg's placeholder character
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+
+
+@functools.lru_cache(maxsize=1024)
+def pyformat(sql: str) -> str:
+    """`:name` parameters as psycopg's `%(name)s`; casts, quoted text and comments are kept
+    and `%` escaped. Translated on the final text, because the shared code composes queries
+    (`.format()`, appended clauses) after loading them; the cache makes it once per text."""
+
+    def one(match: re.Match[str]) -> str:
+        if match.group(1):
+            return f"%({match.group(1)})s"
+        return match.group(0).replace("%", "%%")
+
+    return _TOKENS.sub(one, sql)
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    url = re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+    return re.sub(r"(password=)[^&\s]*", r"\1***", url)
+
+
+def reason(exc: BaseException) -> str:
+    """The first line of a driver error (its DETAIL and HINT lines are for logs)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _rollback(conn: Conn) -> None:
+    with contextlib.suppress(psycopg.Error):
+        conn.rollback()

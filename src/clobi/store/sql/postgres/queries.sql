@@ -1,0 +1,117 @@
+-- PostgreSQL versions of the shared queries whose SQL differs, and the queries only this engine
+-- runs. `-- name: X` starts a query; parameters are `:name` as in ../queries.sql.
+--
+-- Writers run concurrently here (READ COMMITTED), where SQLite serialises them: a query that
+-- reads rows it is about to change locks them, so a concurrent change either waits or is seen.
+
+-- name: insert_spec
+INSERT INTO specs (spec_json, input_sha256, owner, idempotency_key, job_count, created_at)
+VALUES (:spec_json, :input_sha256, :owner, :idempotency_key, :job_count, :now)
+RETURNING id;
+
+-- name: insert_tag
+INSERT INTO spec_tags (tag, spec_id) VALUES (:tag, :spec_id) ON CONFLICT DO NOTHING;
+
+-- name: insert_attempt
+INSERT INTO attempts (job_id, agent_id, state, started_at, lease_until, workdir)
+VALUES (:job_id, :agent_id, 'running', :now, :lease_until, :workdir)
+RETURNING id;
+
+-- name: insert_agent
+INSERT INTO agents (name, host, pool, state, cpus, memory_bytes, gpus, labels, pid, started_at,
+                    last_seen)
+VALUES (:name, :host, :pool, 'up', :cpus, :memory_bytes, :gpus, :labels, :pid, :now, :now)
+RETURNING id;
+
+-- name: claim_candidates
+-- Walks jobs_queue in order (no sort) and skips jobs another claimer has locked, so claimers
+-- never wait for each other and never see the same job. The whole window (:scan rows) stays
+-- locked until the claim commits, also the rows it did not take: a concurrent claimer on a
+-- short queue may come back short for those few milliseconds.
+SELECT id, spec_id, array_index, cpus, memory_bytes, gpus, requires
+FROM jobs
+WHERE state = 'queued' AND not_before <= :now
+  AND cpus <= :cpus AND memory_bytes <= :memory AND gpus <= :gpus
+ORDER BY priority DESC, id
+LIMIT :scan
+FOR UPDATE SKIP LOCKED;
+
+-- name: claim_plan
+-- Claims must walk jobs_queue, never sort the queue. Without fresh statistics (a big submit
+-- before autovacuum analyzed it) the planner can misjudge the queue as tiny and sort it all.
+-- For the rest of the transaction: run it after any statement that needs a sort.
+SET LOCAL enable_sort = off;
+
+-- name: attempt_for_finish
+-- Locked (job first, as every writer of jobs does) so a concurrent sweep cannot lose the
+-- attempt between this read and the report's updates.
+SELECT a.job_id, a.state, j.state, j.current_attempt, j.retries_left, j.attempts,
+       j.cancel_requested, j.spec_id
+FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.id = :attempt_id AND a.agent_id = :agent_id
+FOR UPDATE OF j, a;
+
+-- name: set_drain
+UPDATE agents SET drain = :drain, state = CASE WHEN :drain <> 0 THEN 'draining' ELSE 'up' END
+WHERE id = :agent_id AND state != 'gone';
+
+-- name: expired_attempts
+-- Skips attempts whose report or job change is in flight: the next sweep sees what they left.
+SELECT a.id, a.job_id, a.agent_id, j.lost_count, j.cancel_requested, j.state, j.current_attempt
+FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.state = 'running' AND a.lease_until < :now
+FOR UPDATE OF j, a SKIP LOCKED;
+
+-- name: silent_agents
+-- An agent whose heartbeat is being written is not silent.
+SELECT id FROM agents WHERE state != 'gone' AND last_seen < :deadline
+FOR UPDATE SKIP LOCKED;
+
+-- name: db_now
+-- The database's clock: every server computes leases against the same time.
+SELECT extract(epoch FROM clock_timestamp())::double precision;
+
+-- name: lock_jobs
+-- In id order, so user actions and reports over several jobs cannot deadlock each other.
+SELECT id FROM jobs WHERE id = ANY(:ids) ORDER BY id FOR UPDATE;
+
+-- name: lock_outcomes
+SELECT a.id FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.id = ANY(:ids) ORDER BY j.id, a.id FOR UPDATE OF j, a;
+
+-- name: lock_idempotency_key
+-- Two submits with one key would both miss it under READ COMMITTED: serialise them per key.
+SELECT pg_advisory_xact_lock(:namespace, hashtext(:key));
+
+-- name: notify_work
+NOTIFY clobi_work;
+
+-- name: take_advisory_lock
+-- The TTL of a lock is the idle timeout of the session that holds it: see PostgresStore.try_lock.
+-- A store that did not get it must not be timed out for idling, so only the holder arms it.
+WITH got AS (SELECT pg_try_advisory_lock(:namespace, hashtext(:name)) AS held)
+SELECT held, set_config('idle_session_timeout', CASE WHEN held THEN :timeout ELSE '0' END, false)
+FROM got;
+
+-- name: renew_advisory_lock
+SELECT set_config('idle_session_timeout', :timeout, false);
+
+-- name: force_lock
+-- Only run right after taking the advisory lock: whoever the row names has lost it.
+INSERT INTO locks (name, owner, until) VALUES (:name, :owner, :until)
+ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until;
+
+-- name: session_setup
+-- Acknowledged work must survive a server crash, so commits wait for the WAL flush unless the
+-- server is already stricter (remote_write, remote_apply). Clobi keeps its connections open on
+-- purpose (listeners idle for hours), so the server must not time them out.
+SELECT set_config('synchronous_commit',
+                  CASE current_setting('synchronous_commit') WHEN 'off' THEN 'on'
+                       ELSE current_setting('synchronous_commit') END, false),
+       set_config('idle_session_timeout', '0', false);
+
+-- name: create_version_table
+CREATE TABLE IF NOT EXISTS clobi_schema_version (
+    version integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);

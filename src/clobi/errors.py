@@ -67,3 +67,11 @@ class UnsafeArchive(SandboxError):
 
 class MissingExtra(ClobiError):
     """An optional dependency is missing."""
+
+
+class Unauthorized(ClobiError):
+    """No valid token: it is missing, malformed, unknown, expired, revoked or already used."""
+
+
+class Forbidden(ClobiError):
+    """The token is valid but its role or scope does not allow this."""

@@ -11,11 +11,12 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from clobi.errors import MissingExtra, SessionError
 
 if TYPE_CHECKING:
+    from clobi.remote.http import Credentials
     from clobi.sandbox.base import SandboxStore
     from clobi.store.base import Store
 
@@ -44,6 +45,8 @@ class Session:
     store_url: str
     sandbox_url: str
     settings: Settings = field(default_factory=Settings)
+    # URL sessions: the token, in memory only, shared by the store and sandbox engines.
+    credentials: Credentials | None = field(default=None, repr=False, compare=False)
 
     @property
     def work_dir(self) -> Path:
@@ -51,29 +54,59 @@ class Session:
         return self.root / "work"
 
     def open_store(self) -> Store:
+        if self.credentials is not None:
+            return cast("Store", _open_remote(self.store_url, self.credentials, store=True))
         return open_store(self.store_url, self.root)
 
     def open_sandbox(self) -> SandboxStore:
+        if self.credentials is not None:
+            return cast("SandboxStore", _open_remote(self.sandbox_url, self.credentials, False))
         return open_sandbox(self.sandbox_url, self.root)
 
 
+def _open_remote(url: str, credentials: Credentials, store: bool) -> Any:
+    """The remote engines of a URL session (`http(s)://`: a Clobi server)."""
+    try:
+        from clobi.remote.http import Connection
+        from clobi.remote.sandbox import RemoteSandbox
+        from clobi.remote.store import RemoteStore
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] != "httpx":
+            raise
+        raise MissingExtra("server sessions need httpx: `pip install clobi[server]`") from None
+    connection = Connection(url, credentials)
+    return RemoteStore(connection) if store else RemoteSandbox(connection)
+
+
 def open_store(url: str, base: Path) -> Store:
-    """A store engine for `url` (`sqlite:…`; `postgresql://…` arrives with the server work)."""
+    """A store engine for `url`: `sqlite:…` or `postgresql://…` (also `postgres://…`)."""
     scheme = url.split(":", 1)[0]
     if scheme == "sqlite":
         from clobi.store.sqlite import SqliteStore
 
         return SqliteStore.from_url(url, base)
     if scheme in ("postgres", "postgresql"):
+        return _open_postgres_store(url)
+    raise SessionError(
+        f"store {url!r}: unknown scheme {scheme!r} (expected sqlite: or postgresql:)"
+    )
+
+
+def _open_postgres_store(url: str) -> Store:
+    try:
+        from clobi.store.postgres import PostgresStore
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] != "psycopg":
+            raise
+        # No URL in the message: it may hold a password.
         raise MissingExtra(
-            f"store {url}: PostgreSQL stores need `pip install clobi[postgres]` "
-            "and a shared session (not available yet)"
-        )
-    raise SessionError(f"store {url!r}: unknown scheme {scheme!r} (expected sqlite:)")
+            "PostgreSQL stores need psycopg: `pip install clobi[postgres]`"
+        ) from None
+    return PostgresStore.from_url(url)
 
 
 def open_sandbox(url: str, base: Path) -> SandboxStore:
-    """A sandbox engine for `url` (`file:…`; `s3://…` arrives with the server work)."""
+    """A sandbox engine for `url`: `file:…` or `s3://bucket/prefix?endpoint=…&region=…`."""
     scheme = url.split(":", 1)[0]
     if scheme == "file":
         from clobi.sandbox.local import LocalSandbox
@@ -82,10 +115,20 @@ def open_sandbox(url: str, base: Path) -> SandboxStore:
         path = path[2:] if path.startswith("//") else path
         return LocalSandbox(Path(path) if path.startswith("/") else base / path)
     if scheme == "s3":
-        raise MissingExtra(
-            f"sandbox {url}: S3 sandboxes need `pip install clobi[s3]` (not available yet)"
-        )
-    raise SessionError(f"sandbox {url!r}: unknown scheme {scheme!r} (expected file:)")
+        return _open_s3_sandbox(url)
+    raise SessionError(f"sandbox {url!r}: unknown scheme {scheme!r} (expected file: or s3:)")
+
+
+def _open_s3_sandbox(url: str) -> SandboxStore:
+    """`s3://bucket/prefix?endpoint=…&region=…`; credentials come from the AWS environment and
+    config files (or an instance role), never from the URL."""
+    try:
+        from clobi.sandbox.s3 import S3Sandbox
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] not in ("boto3", "botocore"):
+            raise
+        raise MissingExtra("S3 sandboxes need boto3: `pip install clobi[s3]`") from None
+    return S3Sandbox.from_url(url)
 
 
 def init_session(directory: Path, settings: Settings | None = None) -> Session:
@@ -104,9 +147,15 @@ def init_session(directory: Path, settings: Settings | None = None) -> Session:
     return session
 
 
-def load_session(directory: Path) -> Session:
-    """Read `directory/clobi.toml`; every problem names the file and key."""
-    directory = directory.expanduser().resolve()
+def load_session(directory: Path | str, token: str | None = None) -> Session:
+    """Read `directory/clobi.toml`; every problem names the file and key. An `http(s)://` URL
+    gives a session served by that Clobi server (with `token`, else `$CLOBI_TOKEN`, else the
+    one saved by `clobi login`)."""
+    if isinstance(directory, str) and directory.startswith(("http://", "https://")):
+        from clobi.remote.connect import url_session
+
+        return url_session(directory, token)
+    directory = Path(directory).expanduser().resolve()
     config = directory / CONFIG_NAME
     try:
         data = tomllib.loads(config.read_text(encoding="utf-8"))
@@ -134,9 +183,9 @@ def find_session(
     """The session named by `--session`, else `CLOBI_SESSION`, else the nearest clobi.toml."""
     environ = os.environ if environ is None else environ
     if explicit:
-        return load_session(Path(explicit))
+        return load_session(os.fspath(explicit))
     if environ.get(ENV_SESSION):
-        return load_session(Path(environ[ENV_SESSION]))
+        return load_session(environ[ENV_SESSION])
     here = (cwd or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         if (folder / CONFIG_NAME).is_file():

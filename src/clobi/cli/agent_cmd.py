@@ -31,6 +31,18 @@ def register(subparsers: Any) -> None:
         "--labels", default="", metavar="a,b", help="labels jobs can require (comma-separated)"
     )
     agent.add_argument("--name", help="the agent's name (default: host and pid)")
+    agent.add_argument(
+        "--join",
+        metavar="URL",
+        help="join the Clobi server at URL with a bootstrap token from $CLOBI_TOKEN or "
+        "--token-file",
+    )
+    agent.add_argument("--token-file", metavar="FILE", help="read the bootstrap token from FILE")
+    agent.add_argument(
+        "--token",
+        metavar="T",
+        help="the bootstrap token (visible to other users: prefer $CLOBI_TOKEN or --token-file)",
+    )
     agent.set_defaults(func=agent_cmd)
 
     agents = subparsers.add_parser("agents", help="list agents")
@@ -66,7 +78,35 @@ def agent_cmd(args: argparse.Namespace) -> int:
         labels=frozenset(x.strip() for x in args.labels.split(",") if x.strip()),
         name=args.name,
     )
+    if args.join or args.token or args.token_file:
+        from clobi.session import load_session
+
+        if not args.join:
+            raise UsageError("agent: --token and --token-file go with --join URL")
+        return run_agent(load_session(args.join, token=_bootstrap_token(args)), options)
     return run_agent(find_session(getattr(args, "session", None)), options)
+
+
+def _bootstrap_token(args: argparse.Namespace) -> str | None:
+    """From --token-file, --token (with a warning) or $CLOBI_TOKEN, which is then removed from
+    this process's environment."""
+    import os
+
+    from_env = os.environ.pop("CLOBI_TOKEN", None)
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="utf-8") as f:
+                return f.read().strip()
+        except OSError as exc:
+            raise UsageError(f"--token-file: {args.token_file}: {exc.strerror}") from None
+    if args.token:
+        print(
+            "clobi: warning: a token on the command line is visible to other users of this "
+            "machine; prefer CLOBI_TOKEN or --token-file",
+            file=sys.stderr,
+        )
+        return str(args.token)
+    return from_env
 
 
 def _memory(text: str | None) -> int | None:

@@ -18,6 +18,8 @@ class ExitCode(IntEnum):
     STORE_UNAVAILABLE = 7
     SANDBOX = 8
     TIMEOUT = 9
+    UNAUTHORIZED = 10  # no, bad, expired or revoked token
+    FORBIDDEN = 11  # the token's role or scope does not allow this
     INTERNAL = 70  # a bug, or an error without a more specific code
     INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
@@ -25,6 +27,8 @@ class ExitCode(IntEnum):
 # Most specific classes first: the first match wins.
 _BY_ERROR: tuple[tuple[type[BaseException], ExitCode], ...] = (
     (errors.UsageError, ExitCode.USAGE),
+    (errors.Unauthorized, ExitCode.UNAUTHORIZED),
+    (errors.Forbidden, ExitCode.FORBIDDEN),
     (errors.SpecError, ExitCode.BAD_SPEC),
     (errors.NotFound, ExitCode.NOT_FOUND),
     (errors.Conflict, ExitCode.CONFLICT),

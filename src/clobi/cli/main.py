@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from clobi import __version__
-from clobi.cli import agent_cmd, jobctl, jobs, logs, run, session_cmd
+from clobi.cli import agent_cmd, jobctl, jobs, logs, run, server_cmd, session_cmd, token_cmd
 from clobi.cli.exitcodes import ExitCode, exit_code_for
 from clobi.errors import ClobiError, UsageError
 
@@ -40,7 +40,7 @@ def build_parser() -> Parser:
         "else the nearest clobi.toml above the current directory)",
     )
     sub = parser.add_subparsers(dest="command_name", metavar="COMMAND", required=True)
-    for group in (run, session_cmd, jobs, jobctl, logs, agent_cmd):
+    for group in (run, session_cmd, jobs, jobctl, logs, agent_cmd, server_cmd, token_cmd):
         group.register(sub)
     return parser
 

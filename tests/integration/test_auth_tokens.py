@@ -1,0 +1,75 @@
+"""Issuing and checking tokens against a real SQLite store."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from clobi.auth import authenticate, issue, token_id_of, token_state
+from clobi.errors import Unauthorized
+from clobi.model.auth import Role
+from clobi.store.base import Store
+from clobi.store.sqlite import SqliteStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    store = SqliteStore(tmp_path / "clobi.db")
+    yield store
+    store.close()
+
+
+def test_a_token_is_shown_once_and_only_its_digest_is_stored(store: Store) -> None:
+    text = issue(store, Role.USER, "alice")
+    prefix, token_id, secret = text[:6], text[6:22], text[23:]
+    assert prefix == "clobi_" and token_id_of(text) == token_id
+    found = store.get_token(token_id)
+    assert found is not None
+    record, digest = found
+    assert digest == hashlib.sha256(secret.encode()).hexdigest()
+    assert secret not in repr(record)
+
+
+def test_a_valid_token_authenticates_as_its_role_name_and_pool(store: Store) -> None:
+    text = issue(store, Role.AGENT, "agent-3", "gpu")
+    who = authenticate(store, text)
+    assert (who.role, who.name, who.pool) == (Role.AGENT, "agent-3", "gpu")
+
+
+@pytest.mark.parametrize("tamper", ["secret", "id", "format"])
+def test_a_tampered_token_is_unauthorized_and_never_quoted(store: Store, tamper: str) -> None:
+    text = issue(store, Role.ADMIN, "root")
+    bad = {
+        "secret": text[:-4] + "AAAA",
+        "id": text[:6] + "f" * 16 + text[22:],
+        "format": text.replace("clobi_", "clobi-"),
+    }[tamper]
+    with pytest.raises(Unauthorized) as raised:
+        authenticate(store, bad)
+    assert bad[23:] not in raised.value.message and text[23:] not in raised.value.message
+
+
+def test_expired_and_revoked_tokens_are_unauthorized(store: Store) -> None:
+    expired = issue(store, Role.USER, "alice", expires_s=0.001)
+    revoked = issue(store, Role.USER, "bob")
+    revoked_id = token_id_of(revoked)
+    assert revoked_id is not None and store.revoke_token(revoked_id)
+    time.sleep(0.01)
+    for text in (expired, revoked):
+        with pytest.raises(Unauthorized):
+            authenticate(store, text)
+    states = {t.name: token_state(t) for t in store.list_tokens()}
+    assert states == {"alice": "expired", "bob": "revoked"}
+
+
+def test_a_bootstrap_token_is_spent_exactly_once(store: Store) -> None:
+    text = issue(store, Role.BOOTSTRAP, "boot", "p1", expires_s=600)
+    who = authenticate(store, text)
+    assert store.use_bootstrap(who.token_id)
+    assert not store.use_bootstrap(who.token_id)
+    with pytest.raises(Unauthorized):
+        authenticate(store, text)

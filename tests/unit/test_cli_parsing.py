@@ -185,6 +185,8 @@ def test_ids_are_summarised_as_runs() -> None:
         (errors.StoreUnavailable("x"), ExitCode.STORE_UNAVAILABLE),
         (errors.UnsafeArchive("x"), ExitCode.SANDBOX),
         (TimeoutError("x"), ExitCode.TIMEOUT),
+        (errors.Unauthorized("x"), ExitCode.UNAUTHORIZED),
+        (errors.Forbidden("x"), ExitCode.FORBIDDEN),
         (KeyboardInterrupt(), ExitCode.INTERRUPTED),
         (errors.ClobiError("x"), ExitCode.INTERNAL),
         (RuntimeError("x"), ExitCode.INTERNAL),
@@ -195,7 +197,7 @@ def test_each_error_class_maps_to_its_named_exit_code(exc: BaseException, code: 
 
 
 def test_the_exit_codes_keep_their_documented_numbers() -> None:
-    assert [int(c) for c in ExitCode] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 70, 130]
+    assert [int(c) for c in ExitCode] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 70, 130]
 
 
 # --- error printing -----------------------------------------------------------------------

@@ -272,3 +272,22 @@ def _boom(args: argparse.Namespace) -> int:
 
 def _interrupt(args: argparse.Namespace) -> int:
     raise KeyboardInterrupt
+
+
+# --- local agents of `clobi run` ----------------------------------------------------------
+@pytest.mark.parametrize(
+    ("machine", "job_cpus", "asked", "expected"),
+    [
+        (2, 1.0, None, (2, 1.0)),  # one agent per slot by default
+        (8, 2.0, None, (4, 2.0)),
+        (2, 4.0, None, (1, 4.0)),  # a job bigger than the machine still gets an agent
+        (4, 1.0, 1, (1, 4.0)),  # --agents 1: one agent with every cpu
+        (4, 0.5, None, (4, 1.0)),  # never more agents than cpus
+    ],
+)
+def test_clobi_run_spreads_slots_over_agent_processes(
+    machine: int, job_cpus: float, asked: int | None, expected: tuple[int, float]
+) -> None:
+    from clobi.cli.runagents import agent_shares
+
+    assert agent_shares(machine, job_cpus, asked) == expected

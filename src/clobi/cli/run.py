@@ -47,9 +47,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--agents",
         type=output.positive_int,
-        default=1,
+        default=None,
         metavar="K",
-        help="local agent processes to start (default 1)",
+        help="local agent processes to start (default: one per job that fits the machine at "
+        "once, up to the number of cpus)",
     )
     parser.add_argument(
         "--to", type=Path, metavar="DIR", help="extract every job's output into DIR/<job id>/"
@@ -84,13 +85,13 @@ def _session(explicit: str | None) -> Iterator[tuple[Session, bool]]:
 
 def _run(session: Session, spec: JobSpec, args: argparse.Namespace, temporary: bool) -> int:
     from clobi.cli import runreport
-    from clobi.cli.runagents import LocalAgents, machine_cpus
+    from clobi.cli.runagents import LocalAgents, agent_shares, machine_cpus
     from clobi.client import Client
 
     with Client(session) as client:
         ids = client.submit(spec)
-        cpus = max(spec.resources.cpus, machine_cpus() / args.agents)
-        agents = LocalAgents(session.root, args.agents, cpus)
+        count, cpus = agent_shares(machine_cpus(), spec.resources.cpus, args.agents)
+        agents = LocalAgents(session.root, count, cpus)
         try:
             agents.start()
             counts = _wait(client, ids, agents, quiet=args.quiet)

@@ -27,6 +27,25 @@ def machine_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def machine_memory() -> int:
+    """Bytes of memory on this machine."""
+    from clobi.agent.process import free_capacity_of_machine
+
+    return free_capacity_of_machine()[1]
+
+
+def agent_shares(machine: int, job_cpus: float, count: int | None) -> tuple[int, float]:
+    """How many local agents to start and the cpus each offers.
+
+    One agent process per job slot by default: a single agent's loop is one Python process,
+    so spreading slots over processes keeps every core busy with short jobs. Each agent offers
+    at least one job's worth of cpus, so no job is left unrunnable.
+    """
+    if count is None:
+        count = max(1, min(machine, int(machine // max(job_cpus, 1e-9))))
+    return count, max(job_cpus, machine / count)
+
+
 class LocalAgents:
     """`count` agent processes serving the session in `root`, each offering `cpus`."""
 
@@ -66,6 +85,8 @@ class LocalAgents:
             str(self.root),
             "--cpus",
             f"{self.cpus:g}",
+            "--memory",  # split, so that K agents do not each offer all of it
+            str(machine_memory() // self.count),
         ]
 
     def check(self) -> None:

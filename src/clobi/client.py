@@ -54,6 +54,7 @@ class Client:
 
     def close(self) -> None:
         self.store.close()
+        self.sandbox.close()
 
     # --- submitting ------------------------------------------------------------------
     def submit(

@@ -46,3 +46,6 @@ class SandboxStore(ABC):
     @abstractmethod
     def delete_output(self, key: str) -> None:
         """Forget an output archive; missing keys are ignored."""
+
+    def close(self) -> None:  # noqa: B027 - optional: most engines hold nothing to release
+        """Release connections; the engine is not used afterwards."""

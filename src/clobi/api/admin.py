@@ -22,7 +22,7 @@ from clobi.api.models import (
     TokenIn,
     TokenOut,
 )
-from clobi.errors import ClobiError
+from clobi.errors import ClobiError, Conflict
 from clobi.model.auth import TokenRecord
 from clobi.model.records import JobFilter
 
@@ -58,11 +58,16 @@ def session(principal: Caller, state: State) -> SessionOut:
 
 
 @router.post(
-    "/tokens", status_code=201, response_model=TokenOut, responses=responses(401, 403, 422, 503)
+    "/tokens",
+    status_code=201,
+    response_model=TokenOut,
+    responses=responses(401, 403, 409, 422, 503),
 )
 def create_token(body: TokenIn, principal: Admin, state: State) -> TokenOut:
     """Store a token made by the client: its id, role, scope and the sha256 of its secret (the
-    secret itself never travels)."""
+    secret itself never travels). A token id already stored is a conflict."""
+    if state.store.get_token(body.id) is not None:
+        raise Conflict(f"token {body.id}: exists already")
     record = TokenRecord(
         id=body.id,
         role=body.role,
@@ -81,7 +86,9 @@ def list_tokens(principal: Admin, state: State) -> list[TokenOut]:
     return [TokenOut.model_validate(t) for t in state.store.list_tokens()]
 
 
-@router.delete("/tokens/{token_id}", response_model=RevokedOut, responses=responses(401, 403, 503))
+@router.delete(
+    "/tokens/{token_id}", response_model=RevokedOut, responses=responses(401, 403, 422, 503)
+)
 def revoke_token(token_id: str, principal: Admin, state: State) -> RevokedOut:
     """Revoke a token; `revoked` is false when it was unknown or already revoked."""
     return RevokedOut(revoked=state.store.revoke_token(token_id))

@@ -35,6 +35,7 @@ from clobi.api.models import (
     FinishOut,
     HeartbeatIn,
     HeartbeatOut,
+    Id,
     JoinIn,
     JoinOut,
     OutcomeIn,
@@ -55,7 +56,7 @@ RECHECK_S = 5.0
 AGENT_ERRORS = responses(401, 403, 422, 503)
 
 
-@router.get("/agents", response_model=list[AgentOut], responses=responses(401, 403, 503))
+@router.get("/agents", response_model=list[AgentOut], responses=responses(401, 403, 422, 503))
 def list_agents(principal: User, state: State, include_gone: bool = False) -> list[AgentOut]:
     """Agents, live ones only unless `include_gone`."""
     return [AgentOut.model_validate(a) for a in state.store.list_agents(include_gone)]
@@ -96,7 +97,7 @@ def _join_pool(principal: Principal, body: JoinIn, state: ServerState) -> str:
 
 @router.post("/agents/{agent_id}/claim", response_model=ClaimsOut, responses=AGENT_ERRORS)
 async def claim(
-    agent_id: int, body: ClaimIn, request: Request, principal: AgentCaller, state: State
+    agent_id: Id, body: ClaimIn, request: Request, principal: AgentCaller, state: State
 ) -> ClaimsOut:
     """Claim up to `limit` queued jobs that fit `capacity`, leased for `lease_s`.
 
@@ -118,7 +119,7 @@ async def claim(
 
 @router.post("/agents/{agent_id}/wait", response_model=WaitOut, responses=AGENT_ERRORS)
 async def wait(
-    agent_id: int,
+    agent_id: Id,
     request: Request,
     principal: AgentCaller,
     state: State,
@@ -133,7 +134,7 @@ async def wait(
 
 @router.post("/agents/{agent_id}/heartbeat", response_model=HeartbeatOut, responses=AGENT_ERRORS)
 def heartbeat(
-    agent_id: int, body: HeartbeatIn, principal: AgentCaller, state: State
+    agent_id: Id, body: HeartbeatIn, principal: AgentCaller, state: State
 ) -> HeartbeatOut:
     """Renew the agent's liveness and its running attempts' leases. Attempts sent but not in
     `renewed` are no longer the agent's: it must stop them. `cancel`: attempts the user
@@ -149,7 +150,7 @@ def heartbeat(
 
 
 @router.post("/agents/{agent_id}/finish", response_model=FinishOut, responses=AGENT_ERRORS)
-def finish(agent_id: int, body: FinishIn, principal: AgentCaller, state: State) -> FinishOut:
+def finish(agent_id: Id, body: FinishIn, principal: AgentCaller, state: State) -> FinishOut:
     """Report how attempts ended (outputs already uploaded, or inline as base64) and
     optionally claim more in the same transaction. `refused`: stale reports."""
     check_acts_for(principal, agent_id)
@@ -160,13 +161,13 @@ def finish(agent_id: int, body: FinishIn, principal: AgentCaller, state: State) 
 
 
 @router.post("/agents/{agent_id}/drain", status_code=204, responses=AGENT_ERRORS)
-def drain(agent_id: int, body: DrainIn, principal: Admin, state: State) -> None:
+def drain(agent_id: Id, body: DrainIn, principal: Admin, state: State) -> None:
     """Ask an agent to drain (stop claiming, finish its jobs, exit), or to stop draining."""
     state.store.set_drain(agent_id, body.drain)
 
 
 @router.post("/agents/{agent_id}/exit", status_code=204, responses=AGENT_ERRORS)
-def agent_exit(agent_id: int, principal: AgentCaller, state: State) -> None:
+def agent_exit(agent_id: Id, principal: AgentCaller, state: State) -> None:
     """The agent is leaving; its agent token is revoked with it."""
     check_acts_for(principal, agent_id)
     state.store.agent_exited(agent_id)

@@ -85,6 +85,10 @@ def _problem(error: Any) -> str:
 
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 400:
+        # FastAPI's answer to a JSON body it cannot decode (not UTF-8): an invalid request,
+        # sent as every other one is (malformed JSON already is a 422).
+        return error_response(422, "UsageError", f"body: {exc.detail}", [f"body: {exc.detail}"])
     error = {401: "Unauthorized", 403: "Forbidden", 404: "NotFound"}.get(exc.status_code, "HTTP")
     return error_response(exc.status_code, error, str(exc.detail), [])
 

@@ -22,7 +22,7 @@ from clobi.api.deps import (
     visible_job,
 )
 from clobi.api.errors import responses
-from clobi.api.models import BlobOut, OutputRefOut, Sha256
+from clobi.api.models import BlobOut, Id, OutputRefOut, Sha256
 from clobi.api.streams import body_file, file_chunks
 from clobi.errors import Forbidden, NotFound
 from clobi.model.auth import Principal
@@ -98,7 +98,7 @@ def get_input(sha256: Sha256, principal: AgentCaller, state: State) -> Streaming
     max_body_size=MAX_UPLOAD_BYTES,
 )
 async def put_output(
-    agent_id: int, attempt_id: int, request: Request, principal: AgentCaller, state: State
+    agent_id: Id, attempt_id: Id, request: Request, principal: AgentCaller, state: State
 ) -> BlobOut:
     """Upload the output archive of one of the agent's running attempts (streamed). Counts
     as a heartbeat of that attempt."""
@@ -123,10 +123,10 @@ def _put_output(sandbox: SandboxStore, attempt_id: int, request: Request) -> Sto
     responses=responses(401, 403, 404, 422, 503),
 )
 def output_ref(
-    job_id: int,
+    job_id: Id,
     principal: User,
     state: State,
-    attempt_id: Annotated[int | None, Query(ge=1)] = None,
+    attempt_id: Annotated[Id | None, Query()] = None,
 ) -> OutputRefOut:
     """Which attempt's output a download would give (default: the latest with output), its
     size and sha256."""
@@ -146,10 +146,10 @@ def output_ref(
     responses={**_TAR_BODY, **responses(401, 403, 404, 422, 503)},
 )
 def get_output(
-    job_id: int,
+    job_id: Id,
     principal: User,
     state: State,
-    attempt_id: Annotated[int | None, Query(ge=1)] = None,
+    attempt_id: Annotated[Id | None, Query()] = None,
 ) -> Response:
     """Download the output archive (stdout, stderr, declared outputs, attempt.log) of a job's
     latest attempt with output, or of `attempt_id`."""

@@ -16,10 +16,12 @@ from fastapi import APIRouter, Query
 from clobi.api.deps import ServerState, State, User, visible_job, visible_jobs
 from clobi.api.errors import responses
 from clobi.api.models import (
+    INT64_MAX,
     AttemptOut,
     CountsIn,
     CountsOut,
     EventOut,
+    Id,
     IdsIn,
     IdsOut,
     JobOut,
@@ -73,8 +75,8 @@ def list_jobs(
     state: State,
     states: Annotated[list[JobState] | None, Query(alias="state")] = None,
     tags: Annotated[list[str] | None, Query(alias="tag")] = None,
-    ids: Annotated[list[int] | None, Query(alias="id", max_length=1000)] = None,
-    after_id: Annotated[int, Query(ge=0)] = 0,
+    ids: Annotated[list[Id] | None, Query(alias="id", max_length=1000)] = None,
+    after_id: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 100,
 ) -> list[JobOut]:
     """Jobs in id order with ids above `after_id` (to page), filtered by states (any) and tags
@@ -90,8 +92,10 @@ def list_jobs(
     return [JobOut.model_validate(j) for j in state.store.list_jobs(flt)]
 
 
-@router.get("/jobs/{job_id}", response_model=JobViewOut, responses=responses(401, 403, 404, 503))
-def show(job_id: int, principal: User, state: State) -> JobViewOut:
+@router.get(
+    "/jobs/{job_id}", response_model=JobViewOut, responses=responses(401, 403, 404, 422, 503)
+)
+def show(job_id: Id, principal: User, state: State) -> JobViewOut:
     """One job with its spec, input sandbox and attempts (oldest first)."""
     job = visible_job(state, principal, job_id)
     spec, sha = state.store.job_spec(job_id)
@@ -148,8 +152,8 @@ def retry(body: IdsIn, principal: User, state: State) -> IdsOut:
 def events(
     principal: User,
     state: State,
-    job_id: Annotated[int | None, Query(ge=1)] = None,
-    after_id: Annotated[int, Query(ge=0)] = 0,
+    job_id: Annotated[Id | None, Query()] = None,
+    after_id: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = PAGE_MAX,
 ) -> list[EventOut]:
     """Events (of one job, or all the caller may see) with ids above `after_id`, oldest first."""

@@ -7,7 +7,7 @@ records by the routes. Specs travel two ways: a submit carries the spec as a use
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Base64Bytes, BaseModel, ConfigDict, Field
 
@@ -16,7 +16,16 @@ from clobi.model.spec import JobSpec
 from clobi.model.states import AttemptState, JobState
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="sha256, lowercase hex")]
-JobId = Annotated[int, Field(ge=1)]
+# The store keeps ids and sizes in 64-bit columns and counts and codes in 32-bit ones
+# (PostgreSQL bigint and integer): larger numbers are refused as invalid requests (422) rather
+# than overflowing in a driver (500).
+INT64_MAX = 2**63 - 1
+INT32_MAX = 2**31 - 1
+Id = Annotated[int, Field(ge=1, le=INT64_MAX)]
+JobId = Id
+Size = Annotated[int, Field(ge=0, le=INT64_MAX)]
+Count = Annotated[int, Field(ge=0, le=INT32_MAX)]
+Int32 = Annotated[int, Field(ge=-INT32_MAX - 1, le=INT32_MAX)]
 MAX_IDS = 100_000
 
 
@@ -176,10 +185,10 @@ class JoinIn(BaseModel):
     name: str = Field(min_length=1, max_length=256)
     host: str = Field(max_length=256)
     cpus: float = Field(gt=0)
-    memory_bytes: int = Field(ge=0)
-    gpus: int = Field(default=0, ge=0)
+    memory_bytes: Size
+    gpus: Count = 0
     labels: list[str] = Field(default_factory=list, max_length=256)
-    pid: int = Field(default=0, ge=0)
+    pid: Count = 0
     pool: str = Field(default="", max_length=256, description="Only for admin tokens")
 
 
@@ -191,8 +200,8 @@ class JoinOut(BaseModel):
 
 class CapacityIn(BaseModel):
     cpus: float = Field(ge=0)
-    memory_bytes: int = Field(ge=0)
-    gpus: int = Field(default=0, ge=0)
+    memory_bytes: Size
+    gpus: Count = 0
     labels: list[str] = Field(default_factory=list, max_length=256)
 
 
@@ -222,15 +231,21 @@ class ClaimsOut(BaseModel):
     claims: list[ClaimOut]
 
 
+# How an agent may say an attempt ended (`lost` is the sweeper's verdict, never reported).
+ReportedState = Literal[
+    AttemptState.SUCCEEDED, AttemptState.FAILED, AttemptState.TIMED_OUT, AttemptState.CANCELLED
+]
+
+
 class OutcomeIn(BaseModel):
-    attempt_id: int
-    state: AttemptState
-    exit_code: int | None = None
+    attempt_id: Id
+    state: ReportedState
+    exit_code: Int32 | None = None
     reason: str = Field(default="", max_length=4096)
     user_error: bool = False
     output_key: str | None = Field(default=None, max_length=1024)
     output_inline: Base64Bytes | None = Field(default=None, description="base64")
-    output_size: int = Field(default=0, ge=0)
+    output_size: Size = 0
     output_sha256: str = ""
 
 
@@ -245,7 +260,7 @@ class FinishOut(BaseModel):
 
 
 class HeartbeatIn(BaseModel):
-    attempt_ids: list[int] = Field(max_length=10_000)
+    attempt_ids: list[Id] = Field(max_length=10_000)
     lease_s: float = Field(gt=0, le=86_400)
 
 

@@ -291,3 +291,13 @@ def test_clobi_run_spreads_slots_over_agent_processes(
     from clobi.cli.runagents import agent_shares
 
     assert agent_shares(machine, job_cpus, asked) == expected
+
+
+def test_tables_show_user_text_as_text(capsys: pytest.CaptureFixture[str]) -> None:
+    from clobi.cli.output import print_table
+
+    print_table(["id", "name"], [[1, "[red]x[/red]\x1b[2J"], [22, None]])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["id", "name"]
+    assert out[2] == "1   [red]x[/red]\\x1b[2J"
+    assert out[3] == "22"

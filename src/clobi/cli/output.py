@@ -37,7 +37,6 @@ JOB_KEYS = (
     "lost_count",
     "retries_left",
 )
-_PIPE_WIDTH = 200  # tables written to a pipe or file are not squeezed to 80 columns
 
 
 # --- flags and argument types ----------------------------------------------------------------
@@ -132,18 +131,32 @@ def _json_default(obj: Any) -> Any:
 
 # --- tables ------------------------------------------------------------------------------
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
-    """A plain table on stdout: aligned columns, no borders, bold headers on a terminal."""
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
+    """A plain table on stdout: aligned columns, no borders, bold headers on a terminal.
 
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
-    for header in headers:
-        table.add_column(header, overflow="fold")
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else _PIPE_WIDTH)
-    console.print(table)
+    Written by hand rather than with rich: `clobi ls` should answer in well under 100 ms, and
+    cells (job names, reasons) are the user's text, shown as text: control characters are
+    escaped and nothing is read as markup.
+    """
+    cells = [[safe_text(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    bold, reset = ("\033[1m", "\033[0m") if sys.stdout.isatty() else ("", "")
+    lines = [bold + _row(headers, widths) + reset, "  ".join("─" * w for w in widths)]
+    lines += [_row(row, widths) for row in cells]
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _row(values: Sequence[str], widths: Sequence[int]) -> str:
+    return "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
+
+
+def safe_text(value: object) -> str:
+    """`value` as one line of printable text (control characters escaped)."""
+    text = "" if value is None else str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def print_fields(fields: Sequence[tuple[str, object]]) -> None:

@@ -124,3 +124,22 @@ def test_large_outputs_go_to_the_sandbox_store_and_come_back_intact(
         digest = hashlib.sha256((tmp_path / "o" / "big.bin").read_bytes()).hexdigest()
         assert (tmp_path / "o" / "stdout").read_text().split()[0] == digest
         assert list((session.root / "sandbox" / "outputs").glob("*.tar"))
+
+
+def test_a_tiny_inline_limit_sends_every_output_through_the_sandbox_store(
+    tmp_path: Path,
+) -> None:
+    from tests.acceptance.harness import fast_session
+
+    session = fast_session(tmp_path / "s", inline_output_max_bytes=1)
+    pool = Agents(session, tmp_path)
+    try:
+        with client_of(session) as client:
+            (job_id,) = client.submit({"command": ["echo", "hello"]})
+            pool.start(cpus=1)
+            client.wait([job_id], timeout_s=30)
+            assert client.get(job_id).job.state is JobState.SUCCEEDED, pool.log_text()
+            assert client.read_output_file(job_id, "stdout") == b"hello\n"
+            assert list((session.root / "sandbox" / "outputs").glob("*.tar"))
+    finally:
+        pool.stop_all()

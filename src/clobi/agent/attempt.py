@@ -139,6 +139,8 @@ def finish(attempt: Attempt, sandbox: SandboxStore, inline_max: int, agent_name:
 
 def _small_logs(attempt: Attempt, budget: int) -> list[tuple[str, bytes]] | None:
     """stdout and stderr read whole when together they fit `budget`, else None."""
+    if budget < 0:
+        return None
     members = []
     for name in ("stdout", "stderr"):
         try:

@@ -213,8 +213,10 @@ class Agent:
         if not due and request is None:
             self._start_backlog()
             return
-        outcomes = [self._outcome(a) for a in self.done] if due else []
         try:
+            # Storing outputs may fail too (a remote sandbox): then everything is retried
+            # next turn; outputs already stored are not stored again.
+            outcomes = [self._outcome(a) for a in self.done] if due else []
             if outcomes:
                 refused, claims = self.store.finish(self.agent_id, outcomes, request)
                 for attempt_id in refused:

@@ -355,3 +355,11 @@ def test_a_bootstrap_token_can_be_spent_exactly_once(store_factory: Callable[[],
 def test_an_expired_bootstrap_token_cannot_be_spent(store: Store) -> None:
     store.create_token(_token("b2", Role.BOOTSTRAP, expires_at=time.time() - 1), "ef" * 32)
     assert not store.use_bootstrap("b2")
+
+
+def test_creating_a_token_whose_id_exists_is_a_conflict(store: Store) -> None:
+    store.create_token(_token("dup"), "ab" * 32)
+    with pytest.raises(Conflict):
+        store.create_token(_token("dup"), "cd" * 32)
+    got = store.get_token("dup")
+    assert got is not None and got[1] == "ab" * 32

@@ -28,8 +28,9 @@ from enum import Enum
 from typing import Any
 
 import psycopg
+import psycopg.errors
 
-from clobi.errors import SessionError, StoreUnavailable
+from clobi.errors import Conflict, SessionError, StoreUnavailable
 from clobi.model.records import Claim, Outcome, Submission, SweepResult
 from clobi.store import queries
 from clobi.store.base import ClaimRequest, Store, Wakeup
@@ -93,6 +94,9 @@ class PostgresStore(SqlJobs, SqlWork, SqlTokens, Store):
             except psycopg.OperationalError as exc:
                 _rollback(conn)
                 raise StoreUnavailable(f"store {self.where}: {reason(exc)}") from None
+            except psycopg.errors.UniqueViolation as exc:
+                _rollback(conn)  # two writers raced for one key: the later one is refused
+                raise Conflict(f"already exists: {reason(exc)}") from None
             except BaseException:
                 _rollback(conn)
                 raise

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from clobi.errors import SessionError, StoreUnavailable
+from clobi.errors import Conflict, SessionError, StoreUnavailable
 from clobi.model.records import Submission, SweepResult
 from clobi.store import queries
 from clobi.store.base import Store, Wakeup
@@ -57,6 +57,9 @@ class SqliteStore(SqlJobs, SqlWork, SqlTokens, Store):
             except sqlite3.OperationalError as exc:
                 _rollback(self._conn)
                 raise StoreUnavailable(f"store {self.path}: {exc}") from None
+            except sqlite3.IntegrityError as exc:
+                _rollback(self._conn)  # two writers raced for one key: the later one is refused
+                raise Conflict(f"already exists: {exc}") from None
             except BaseException:
                 _rollback(self._conn)
                 raise

@@ -22,7 +22,7 @@ from clobi.api.models import (
     TokenIn,
     TokenOut,
 )
-from clobi.errors import ClobiError, Conflict
+from clobi.errors import ClobiError
 from clobi.model.auth import TokenRecord
 from clobi.model.records import JobFilter
 
@@ -65,9 +65,8 @@ def session(principal: Caller, state: State) -> SessionOut:
 )
 def create_token(body: TokenIn, principal: Admin, state: State) -> TokenOut:
     """Store a token made by the client: its id, role, scope and the sha256 of its secret (the
-    secret itself never travels). A token id already stored is a conflict."""
-    if state.store.get_token(body.id) is not None:
-        raise Conflict(f"token {body.id}: exists already")
+    secret itself never travels). A token id already stored is a conflict (the store
+    refuses it, even when two requests race)."""
     record = TokenRecord(
         id=body.id,
         role=body.role,

@@ -55,23 +55,25 @@ def add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
 
 
-def job_id(text: str) -> int:
-    """An argparse type: a job id is a positive integer."""
+def _positive(text: str) -> int | None:
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value <= 0:
+        return None
+    return value if value > 0 else None
+
+
+def job_id(text: str) -> int:
+    """An argparse type: a job id is a positive integer."""
+    value = _positive(text)
+    if value is None:
         raise argparse.ArgumentTypeError(f"not a job id: {text!r} (job ids are positive integers)")
     return value
 
 
 def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
+    value = _positive(text)
+    if value is None:
         raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
     return value
 

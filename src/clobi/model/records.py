@@ -91,6 +91,8 @@ class HeartbeatReply:
 
 @dataclass(frozen=True)
 class JobRecord:
+    """One job as the store keeps it: its state, counters and how it last ended."""
+
     id: int
     spec_id: int
     name: str
@@ -113,6 +115,8 @@ class JobRecord:
 
 @dataclass(frozen=True)
 class AttemptRecord:
+    """One try at running a job, on one agent."""
+
     id: int
     job_id: int
     agent_id: int
@@ -129,6 +133,8 @@ class AttemptRecord:
 
 @dataclass(frozen=True)
 class AgentRecord:
+    """An agent as the store knows it: what it offers, when it was last heard from."""
+
     id: int
     name: str
     host: str
@@ -147,6 +153,8 @@ class AgentRecord:
 
 @dataclass(frozen=True)
 class Event:
+    """One entry of the session's history: what happened to a job, an attempt or an agent."""
+
     id: int
     ts: float
     job_id: int | None
@@ -184,6 +192,8 @@ class JobFilter:
 
 @dataclass(frozen=True)
 class SweepResult:
+    """What one sweep for lost agents and attempts changed."""
+
     lost_attempts: tuple[int, ...] = ()
     requeued_jobs: tuple[int, ...] = ()
     failed_jobs: tuple[int, ...] = ()

@@ -25,6 +25,7 @@ from clobi.sandbox import archive, packing
 from clobi.session import Session, find_session
 
 WAIT_POLL_S = 0.2
+REMOTE_POLL_S = 0.5  # log follow through a server: tails change once a heartbeat
 
 
 @dataclass(frozen=True)
@@ -193,23 +194,27 @@ class Client:
         return data
 
     def logs(self, job_id: int, stream: str = "stdout", follow: bool = False) -> Iterator[bytes]:
-        """The job's stdout (or stderr): live from the work directory while it runs here,
-        from the output archive once it has finished. With `follow`, yields until the job ends."""
+        """The job's stdout (or stderr): live while it runs (from its work directory when
+        that is on this machine, else from the tail its agent keeps in the store, the newest
+        MiB, renewed every heartbeat), from the output archive once it has finished. With
+        `follow`, yields until the job ends. A rerun (a new attempt) starts the log over."""
         if stream not in ("stdout", "stderr"):
             raise UsageError(f"logs: stream must be stdout or stderr, not {stream!r}")
-        sent = 0
+        sent, attempt = 0, None
         while True:
             job = self.store.get_job(job_id)
+            if job.current_attempt not in (None, attempt):
+                sent, attempt = 0, job.current_attempt
             if job.state.terminal or (job.state is JobState.QUEUED and not follow):
                 yield from _skip(self._final_log(job_id, stream), sent)
                 return
-            chunk = self._live_log(job, stream, sent)
-            sent += len(chunk)
+            offset, chunk = self._live_log(job, stream, sent)
+            sent = offset + len(chunk)
             if chunk:
                 yield chunk
             if not follow:
                 return
-            time.sleep(WAIT_POLL_S)
+            time.sleep(WAIT_POLL_S if self.session.credentials is None else REMOTE_POLL_S)
 
     def _final_log(self, job_id: int, stream: str) -> bytes:
         try:
@@ -217,17 +222,30 @@ class Client:
         except NotFound:
             return b""
 
-    def _live_log(self, job: JobRecord, stream: str, offset: int) -> bytes:
+    def _live_log(self, job: JobRecord, stream: str, offset: int) -> tuple[int, bytes]:
+        """Where the new bytes start (past `offset` when older ones are gone) and the bytes."""
+        if job.current_attempt is None or job.state is not JobState.RUNNING:
+            return offset, b""
+        local = self._local_log(job, stream, offset)
+        if local is not None:
+            return offset, local
+        tail = self.store.read_log(job.id, stream, offset)
+        if tail is None or tail.attempt_id != job.current_attempt:
+            return offset, b""
+        return tail.offset, tail.data
+
+    def _local_log(self, job: JobRecord, stream: str, offset: int) -> bytes | None:
+        if self.session.credentials is not None:
+            return None  # a URL session: the server's word, whatever this machine holds
         attempts = [a for a in self.store.attempts(job.id) if a.id == job.current_attempt]
         if not attempts or not attempts[0].workdir:
-            return b""
-        path = Path(attempts[0].workdir) / stream
+            return None
         try:
-            with path.open("rb") as f:
+            with (Path(attempts[0].workdir) / stream).open("rb") as f:
                 f.seek(offset)
                 return f.read(1 << 20)
         except OSError:
-            return b""
+            return None
 
 
 def _skip(data: bytes, sent: int) -> Iterator[bytes]:

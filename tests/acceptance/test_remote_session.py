@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import select
 import signal
 import stat
 import subprocess
@@ -16,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -229,3 +231,70 @@ def test_token_ls_and_revoke_work_through_the_server(server: Server) -> None:
     clobi("token", "revoke", carol["id"], "--session", server.url, env=admin)
     listed = json.loads(clobi("token", "ls", "--json", "--session", server.url, env=admin).stdout)
     assert next(t for t in listed if t["name"] == "carol")["state"] == "revoked"
+
+
+def _read_until(stream: IO[bytes], wanted: bytes, timeout_s: float) -> bytes:
+    """What `stream` gives until `wanted` appears (fails after `timeout_s`)."""
+    seen = b""
+    deadline = time.monotonic() + timeout_s
+    while wanted not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"{wanted!r} did not come within {timeout_s} s; got {seen!r}"
+        ready, _, _ = select.select([stream], [], [], left)
+        if ready:
+            chunk = os.read(stream.fileno(), 65536)
+            assert chunk, f"the stream ended before {wanted!r}; got {seen!r}"
+            seen += chunk
+    return seen
+
+
+def test_a_remote_user_follows_the_log_of_a_job_running_on_a_remote_agent(
+    server: Server, tmp_path: Path
+) -> None:
+    admin = server.env(server.admin)
+    token = clobi(
+        "token", "create", "--role", "user", "--name", "dana", "--session", server.url, env=admin
+    ).stdout.strip()
+    bootstrap = clobi(
+        "token", "create", "--role", "bootstrap", "--session", server.url, env=admin
+    ).stdout.strip()
+    user = server.env(token)
+    go = tmp_path / "go"
+    script = (
+        "echo first line; echo oops >&2;"
+        f" while [ ! -e {go} ]; do sleep 0.05; done; echo second line"
+    )
+    (job_id,) = clobi(
+        "submit", "--session", server.url, "--", "sh", "-c", script, env=user
+    ).stdout.split()
+    with (tmp_path / "agent.log").open("wb") as log:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "clobi", "agent", "--join", server.url, "--cpus", "1"],
+            env=server.env(bootstrap),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "clobi", "logs", "-f", job_id, "--session", server.url],
+        env=user,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert follower.stdout is not None
+        # the first line arrives while the job still runs (it waits for `go`)
+        assert _read_until(follower.stdout, b"first line\n", 30) == b"first line\n"
+        shown = json.loads(
+            clobi("show", job_id, "--json", "--session", server.url, env=user).stdout
+        )
+        assert shown["job"]["state"] == "running"
+        go.touch()
+        rest, err = follower.communicate(timeout=60)
+        assert follower.returncode == 0, err
+        assert rest == b"second line\n"
+        stderr = clobi("logs", "--stderr", job_id, "--session", server.url, env=user).stdout
+        assert stderr == "oops\n"
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+        assert stop(agent) == 0, (tmp_path / "agent.log").read_text()

@@ -13,7 +13,7 @@ from clobi.model.auth import Role, TokenRecord
 from clobi.model.records import JobFilter, Outcome
 from clobi.model.spec import Retries
 from clobi.model.states import AttemptState, JobState
-from clobi.store.base import ClaimRequest, Store
+from clobi.store.base import LOG_TAIL_MAX_BYTES, ClaimRequest, LogTail, Store
 from tests.conftest import capacity, make_agent, make_submission
 
 
@@ -363,3 +363,78 @@ def test_creating_a_token_whose_id_exists_is_a_conflict(store: Store) -> None:
         store.create_token(_token("dup"), "cd" * 32)
     got = store.get_token("dup")
     assert got is not None and got[1] == "ab" * 32
+
+
+# --- live log tails ---------------------------------------------------------------------------
+def _running(store: Store) -> tuple[int, int, int]:
+    """A running job: (job id, agent id, attempt id)."""
+    (job_id,) = store.submit(make_submission())
+    agent = store.register_agent(make_agent())
+    (c,) = claim(store, agent)
+    return job_id, agent, c.attempt_id
+
+
+def test_pushed_log_tails_are_read_back_from_any_offset(store: Store) -> None:
+    job_id, agent, attempt = _running(store)
+    assert store.read_log(job_id, "stdout") is None
+    store.push_logs(
+        agent, [LogTail(attempt, "stdout", 0, b"hello "), LogTail(attempt, "stderr", 0, b"oops")]
+    )
+    store.push_logs(agent, [LogTail(attempt, "stdout", 6, b"world\n")])
+    assert store.read_log(job_id, "stdout") == LogTail(attempt, "stdout", 0, b"hello world\n")
+    assert store.read_log(job_id, "stdout", 6) == LogTail(attempt, "stdout", 6, b"world\n")
+    assert store.read_log(job_id, "stdout", 99) == LogTail(attempt, "stdout", 12, b"")
+    assert store.read_log(job_id, "stderr") == LogTail(attempt, "stderr", 0, b"oops")
+
+
+def test_a_resent_log_tail_overwrites_and_a_gap_starts_afresh(store: Store) -> None:
+    job_id, agent, attempt = _running(store)
+    store.push_logs(agent, [LogTail(attempt, "stdout", 0, b"abcdef")])
+    store.push_logs(agent, [LogTail(attempt, "stdout", 3, b"DEFG")])  # a push sent twice
+    assert store.read_log(job_id, "stdout") == LogTail(attempt, "stdout", 0, b"abcDEFG")
+    store.push_logs(agent, [LogTail(attempt, "stdout", 100, b"later")])  # the job outran pushes
+    assert store.read_log(job_id, "stdout", 0) == LogTail(attempt, "stdout", 100, b"later")
+
+
+def test_only_the_newest_mebibyte_of_a_log_is_kept(store: Store) -> None:
+    job_id, agent, attempt = _running(store)
+    chunk = bytes(range(256)) * 1024  # 256 KiB
+    for i in range(5):
+        store.push_logs(agent, [LogTail(attempt, "stdout", i * len(chunk), chunk)])
+    tail = store.read_log(job_id, "stdout")
+    assert tail is not None
+    assert len(tail.data) == LOG_TAIL_MAX_BYTES
+    assert tail.offset == 5 * len(chunk) - LOG_TAIL_MAX_BYTES
+    assert tail.data == (chunk * 5)[-LOG_TAIL_MAX_BYTES:]
+
+
+def test_log_tails_of_another_agents_or_ended_attempts_are_ignored(store: Store) -> None:
+    job_id, agent, attempt = _running(store)
+    intruder = store.register_agent(make_agent())
+    store.push_logs(intruder, [LogTail(attempt, "stdout", 0, b"forged")])
+    store.push_logs(agent, [LogTail(attempt, "stdin", 0, b"no such stream")])
+    assert store.read_log(job_id, "stdout") is None
+    store.finish(agent, [ok(attempt)])
+    store.push_logs(agent, [LogTail(attempt, "stdout", 0, b"too late")])
+    assert store.read_log(job_id, "stdout") is None
+
+
+def test_a_finished_attempt_drops_its_log_tail_and_a_rerun_starts_over(store: Store) -> None:
+    job_id, agent, attempt = _running(store)
+    store.push_logs(agent, [LogTail(attempt, "stdout", 0, b"first run")])
+    store.finish(agent, [failed(attempt)])
+    assert store.read_log(job_id, "stdout") is None
+    store.retry([job_id])
+    (again,) = claim(store, agent)
+    assert store.read_log(job_id, "stdout") is None
+    store.push_logs(agent, [LogTail(again.attempt_id, "stdout", 0, b"second")])
+    assert store.read_log(job_id, "stdout") == LogTail(again.attempt_id, "stdout", 0, b"second")
+
+
+def test_a_removed_job_has_no_log(store: Store) -> None:
+    job_id, agent, attempt = _running(store)
+    store.push_logs(agent, [LogTail(attempt, "stdout", 0, b"x")])
+    store.kill([job_id])
+    store.finish(agent, [Outcome(attempt, AttemptState.CANCELLED, reason="killed")])
+    store.remove([job_id])
+    assert store.read_log(job_id, "stdout") is None

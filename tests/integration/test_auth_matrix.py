@@ -70,6 +70,13 @@ ROUTES = (
         "agent",
         {"outcomes": [{"attempt_id": "{attempt}", "state": "failed", "exit_code": 1}]},
     ),
+    Route(
+        "POST",
+        "/api/v1/agents/{agent}/logs",
+        "agent",
+        {"tails": [{"attempt_id": "{attempt}", "stream": "stdout", "offset": 0, "data": "eA=="}]},
+    ),
+    Route("GET", "/api/v1/jobs/{job}/log?stream=stdout", "user-job"),
     Route("POST", "/api/v1/agents/{agent}/drain", "admin", {"drain": True}),
     Route("POST", "/api/v1/agents/{agent}/exit", "agent"),
 )
@@ -142,7 +149,8 @@ def snapshot(api: Api) -> Any:
     tokens = [(t.id, t.revoked, t.used_at) for t in store.list_tokens()]
     files = sorted(str(p) for p in (api.session.root / "sandbox").rglob("*") if p.is_file())
     digests = [hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files]
-    return jobs, attempts, agents, tokens, files, digests, len(store.events(limit=100_000))
+    logs = [store.read_log(j[0], stream) for j in jobs for stream in ("stdout", "stderr")]
+    return jobs, attempts, agents, tokens, files, digests, logs, len(store.events(limit=100_000))
 
 
 def role_token(world: World, kind: str, expires_s: float | None = None) -> str:

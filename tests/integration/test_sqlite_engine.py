@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 from clobi.store import queries
+from clobi.store.base import ClaimRequest, LogTail
 from clobi.store.sqlite import SqliteStore, migrate
+from tests.conftest import capacity, make_agent, make_submission
 
 
 def _schema_of(conn: sqlite3.Connection) -> set[tuple[str, str, str]]:
@@ -55,3 +58,23 @@ def _params(sql: str) -> set[str]:
     import re
 
     return set(re.findall(r"(?<!:):(\w+)", sql))
+
+
+def test_removing_a_job_deletes_the_log_tails_of_all_its_attempts(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "c.db")
+    try:
+        (job_id,) = store.submit(make_submission())
+        agent = store.register_agent(make_agent())
+        (c,) = store.claim(ClaimRequest(agent, capacity(), 1, 0.05))
+        store.push_logs(agent, [LogTail(c.attempt_id, "stdout", 0, b"x" * 10)])
+        store.push_logs(agent, [LogTail(c.attempt_id, "stderr", 0, b"y")])
+        rows = "SELECT count(*) FROM log_tails"
+        assert store._conn.execute(rows).fetchone()[0] == 2
+        time.sleep(0.1)
+        assert store.sweep(lost_cap=3, agent_timeout_s=3600).lost_attempts  # rows kept
+        store.kill([job_id])
+        assert store._conn.execute(rows).fetchone()[0] == 2
+        store.remove([job_id])
+        assert store._conn.execute(rows).fetchone()[0] == 0
+    finally:
+        store.close()

@@ -22,6 +22,7 @@ from types import FrameType
 
 from clobi.agent import attempt as att
 from clobi.agent import process
+from clobi.agent.logtail import LogTails
 from clobi.agent.pacing import REPORT_DELAY_S, Pace
 from clobi.agent.workdirs import WorkDirs
 from clobi.errors import ClobiError
@@ -89,6 +90,7 @@ class Agent:
         self.agent_id = 0
         self.bell: Wakeup | None = None
         self.dirs = WorkDirs(self.work_dir, f"{self.info.host}-{os.getpid()}")
+        self.log_tails = LogTails()
 
     # --- the loop ---------------------------------------------------------------------
     def run(self) -> int:
@@ -177,6 +179,19 @@ class Agent:
         if reply.drain and not self.draining.is_set():
             log.info("asked to drain")
             self.draining.set()
+        self._push_logs()
+
+    def _push_logs(self) -> None:
+        started = self.running.values()
+        tails = self.log_tails.collect((a.id, a.root) for a in started if a.proc is not None)
+        if not tails:
+            return
+        try:
+            self.store.push_logs(self.agent_id, tails)
+        except ClobiError as exc:
+            log.warning("could not push log tails (sent again next beat): %s", exc)
+            return
+        self.log_tails.sent(tails)
 
     def _fence(self, now: float) -> None:
         # Stop jobs before their lease can expire: the sweeper will hand them to someone else.

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from clobi import __version__
-from clobi.api import admin, agents, errors, files, jobs
+from clobi.api import admin, agents, errors, files, jobs, logs
 from clobi.api.deps import ServerState
 from clobi.api.sweeper import Sweeper
 from clobi.api.wakeups import Doorbell
@@ -65,7 +65,14 @@ def create_app(
     )
     app.state.clobi = state
     errors.install(app)
-    for router in (admin.probes, admin.router, jobs.router, files.router, agents.router):
+    for router in (
+        admin.probes,
+        admin.router,
+        jobs.router,
+        files.router,
+        agents.router,
+        logs.router,
+    ):
         app.include_router(router)
     return app
 

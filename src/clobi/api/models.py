@@ -309,3 +309,24 @@ class TokenOut(Record):
 
 class RevokedOut(BaseModel):
     revoked: bool
+
+
+LogStream = Literal["stdout", "stderr"]
+
+
+class LogTailIn(BaseModel):
+    attempt_id: Id
+    stream: LogStream
+    offset: Size = Field(description="where `data` starts in the stream")
+    data: Base64Bytes = Field(description="base64")
+
+
+class LogsIn(BaseModel):
+    tails: list[LogTailIn] = Field(max_length=10_000)
+
+
+class LogTailOut(BaseModel):
+    attempt_id: int
+    stream: LogStream
+    offset: int = Field(description="where `data` starts in the stream")
+    data: str = Field(description="base64")

@@ -37,7 +37,7 @@ from clobi.remote import wire
 from clobi.remote.http import Connection
 from clobi.remote.sandbox import output_key
 from clobi.remote.wakeup import RemoteWakeup
-from clobi.store.base import ClaimRequest, Store, Wakeup
+from clobi.store.base import ClaimRequest, LogTail, Store, Wakeup
 
 PAGE = 1000
 IDS_PER_REQUEST = 500
@@ -177,6 +177,15 @@ class RemoteStore(Store):
         path = f"/agents/{agent_id}/heartbeat"
         answer = self.connection.call("POST", path, json=body, timeout_s=max(1.0, lease_s / 4))
         return wire.heartbeat(answer)
+
+    def push_logs(self, agent_id: int, tails: Sequence[LogTail]) -> None:
+        # Best effort like a heartbeat: a lost push is resent whole with the next one.
+        if tails:
+            body = {"tails": [wire.log_tail_to_dict(t) for t in tails]}
+            self.connection.call("POST", f"/agents/{agent_id}/logs", json=body, timeout_s=2.0)
+
+    def read_log(self, job_id: int, stream: str, offset: int = 0) -> LogTail | None:
+        return wire.log_tail(self._get(f"/jobs/{int(job_id)}/log", stream=stream, offset=offset))
 
     def set_drain(self, agent_id: int, drain: bool = True) -> None:
         self._post(f"/agents/{agent_id}/drain", {"drain": drain}, idempotent=True)

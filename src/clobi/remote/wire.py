@@ -23,7 +23,7 @@ from clobi.model.records import (
 )
 from clobi.model.spec import JobSpec, spec_from_dict
 from clobi.model.states import AttemptState, JobState
-from clobi.store.base import ClaimRequest
+from clobi.store.base import ClaimRequest, LogTail
 
 T = TypeVar("T")
 
@@ -136,3 +136,19 @@ def outcome(o: Outcome) -> dict[str, Any]:
         "output_size": o.output_size,
         "output_sha256": o.output_sha256,
     }
+
+
+def log_tail_to_dict(tail: LogTail) -> dict[str, Any]:
+    return {
+        "attempt_id": tail.attempt_id,
+        "stream": tail.stream,
+        "offset": tail.offset,
+        "data": base64.b64encode(tail.data).decode(),
+    }
+
+
+def log_tail(data: dict[str, Any] | None) -> LogTail | None:
+    if data is None:
+        return None
+    raw = base64.b64decode(data["data"])
+    return LogTail(int(data["attempt_id"]), str(data["stream"]), int(data["offset"]), raw)

@@ -45,6 +45,20 @@ class ClaimRequest:
     per_job: Capacity | None = None  # the most one job may need (default: `capacity`)
 
 
+LOG_STREAMS = ("stdout", "stderr")
+LOG_TAIL_MAX_BYTES = 1 << 20  # kept per running attempt and stream
+
+
+@dataclass(frozen=True)
+class LogTail:
+    """Bytes of an attempt's `stream` (stdout or stderr), starting at byte `offset` of it."""
+
+    attempt_id: int
+    stream: str
+    offset: int
+    data: bytes
+
+
 class Wakeup(Protocol):
     """A handle that becomes readable when claimable work may have appeared."""
 
@@ -143,6 +157,20 @@ class Store(ABC):
     @abstractmethod
     def list_agents(self, include_gone: bool = False) -> list[AgentRecord]:
         """Agents, live ones only unless `include_gone`."""
+
+    # --- live logs -----------------------------------------------------------------------
+    @abstractmethod
+    def push_logs(self, agent_id: int, tails: Sequence[LogTail]) -> None:
+        """Keep what the agent's running attempts wrote, for followers on other machines:
+        per attempt and stream the newest `LOG_TAIL_MAX_BYTES`, each tail laid over what is
+        kept from its offset on (a tail past the kept end starts afresh). Tails of attempts
+        that are not this agent's running ones are ignored."""
+
+    @abstractmethod
+    def read_log(self, job_id: int, stream: str, offset: int = 0) -> LogTail | None:
+        """What is kept of the job's current attempt's `stream` from `offset` on (from the
+        oldest kept byte if `offset` is older); None when nothing is kept. The log of a
+        finished attempt is in its output, not here."""
 
     # --- sweeping -----------------------------------------------------------------------
     @abstractmethod

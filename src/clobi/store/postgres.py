@@ -1,6 +1,6 @@
 """The PostgreSQL engine: one database shared by several servers and sweepers.
 
-The behaviour is the shared SQL store's (`SqlJobs`, `SqlWork`, `SqlTokens` over the named
+The behaviour is the shared SQL store's (`SqlJobs`, `SqlWork`, `SqlTokens`, `SqlLogs` over the named
 queries); this module supplies connections and transactions, and what concurrent writers need
 where SQLite simply serialises them:
 
@@ -36,6 +36,7 @@ from clobi.store import queries
 from clobi.store.base import ClaimRequest, Store, Wakeup
 from clobi.store.sqlcore import Cursor
 from clobi.store.sqljobs import SqlJobs
+from clobi.store.sqllogs import SqlLogs
 from clobi.store.sqltokens import SqlTokens
 from clobi.store.sqlwork import SqlWork
 
@@ -50,7 +51,7 @@ NS_MIGRATE, NS_ELECTION, NS_SUBMIT = 0x434C4F41 + 1, 0x434C4F41 + 2, 0x434C4F41 
 Conn = psycopg.Connection[Any]
 
 
-class PostgresStore(SqlJobs, SqlWork, SqlTokens, Store):
+class PostgresStore(SqlJobs, SqlWork, SqlTokens, SqlLogs, Store):
     """Store engine over one PostgreSQL database; one connection per instance (stores are
     used from one thread at a time), plus one per listener and per lock it contends for."""
 

@@ -22,13 +22,14 @@ from clobi.store.base import Store, Wakeup
 from clobi.store.bells import Bells
 from clobi.store.sqlcore import Cursor
 from clobi.store.sqljobs import SqlJobs
+from clobi.store.sqllogs import SqlLogs
 from clobi.store.sqltokens import SqlTokens
 from clobi.store.sqlwork import SqlWork
 
 BUSY_TIMEOUT_S = 120.0
 
 
-class SqliteStore(SqlJobs, SqlWork, SqlTokens, Store):
+class SqliteStore(SqlJobs, SqlWork, SqlTokens, SqlLogs, Store):
     """Store engine over one SQLite database file."""
 
     def __init__(self, path: Path) -> None:

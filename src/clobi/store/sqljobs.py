@@ -163,6 +163,7 @@ class SqlJobs(SqlCore):
                 if job not in REMOVABLE:
                     raise Conflict(f"job {job_id}: is {job}; kill it before removing it")
                 cur.execute(self.q["delete_job"], {"job_id": job_id})
+                cur.execute(self.q["delete_log_tails_of_job"], {"job_id": job_id})
                 cur.execute(self.q["delete_attempts_of_job"], {"job_id": job_id})
                 self._event(cur, now, "removed", job_id, from_state=job, detail="removed by user")
                 removed.append(job_id)

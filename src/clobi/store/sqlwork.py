@@ -67,6 +67,9 @@ class SqlWork(SqlCore):
                 for o in outcomes
                 if not self._finish_one(cur, agent_id, o, now, events)
             ]
+            if outcomes:  # their live log tails are done with: the final logs are outputs
+                ids = ",".join(str(int(o.attempt_id)) for o in outcomes)
+                cur.execute(self.q["delete_log_tails_of_attempts"].format(ids=ids))
             claims = []
             if then is not None and then.limit > 0:
                 claims = self._claim(cur, then, now, events)

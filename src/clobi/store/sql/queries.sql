@@ -216,3 +216,26 @@ UPDATE tokens SET revoked = 1 WHERE id = :id AND revoked = 0;
 UPDATE tokens SET used_at = :now
 WHERE id = :id AND role = 'bootstrap' AND used_at IS NULL AND revoked = 0
   AND (expires_at IS NULL OR expires_at > :now);
+
+-- name: attempt_running_of_agent
+SELECT id FROM attempts WHERE id = :attempt_id AND agent_id = :agent_id AND state = 'running';
+
+-- name: select_log_tail
+SELECT start_offset, data FROM log_tails WHERE attempt_id = :attempt_id AND stream = :stream;
+
+-- name: upsert_log_tail
+INSERT INTO log_tails (attempt_id, stream, start_offset, data, updated_at)
+VALUES (:attempt_id, :stream, :start_offset, :data, :now)
+ON CONFLICT (attempt_id, stream) DO UPDATE
+SET start_offset = excluded.start_offset, data = excluded.data, updated_at = excluded.updated_at;
+
+-- name: log_tail_of_job
+SELECT l.attempt_id, l.start_offset, l.data
+FROM jobs j JOIN log_tails l ON l.attempt_id = j.current_attempt AND l.stream = :stream
+WHERE j.id = :job_id;
+
+-- name: delete_log_tails_of_attempts
+DELETE FROM log_tails WHERE attempt_id IN ({ids});
+
+-- name: delete_log_tails_of_job
+DELETE FROM log_tails WHERE attempt_id IN (SELECT id FROM attempts WHERE job_id = :job_id);

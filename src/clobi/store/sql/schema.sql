@@ -113,3 +113,12 @@ CREATE TABLE tokens (
     revoked INTEGER NOT NULL DEFAULT 0,
     used_at REAL
 );
+
+CREATE TABLE log_tails (
+    attempt_id INTEGER NOT NULL,
+    stream TEXT NOT NULL,
+    start_offset INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (attempt_id, stream)
+);

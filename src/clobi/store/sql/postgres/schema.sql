@@ -123,3 +123,12 @@ CREATE TABLE tokens (
     revoked integer NOT NULL DEFAULT 0,
     used_at double precision
 );
+
+CREATE TABLE log_tails (
+    attempt_id bigint NOT NULL,
+    stream text NOT NULL,
+    start_offset bigint NOT NULL,
+    data bytea NOT NULL,
+    updated_at double precision NOT NULL,
+    PRIMARY KEY (attempt_id, stream)
+);

@@ -75,3 +75,18 @@ class Unauthorized(ClobiError):
 
 class Forbidden(ClobiError):
     """The token is valid but its role or scope does not allow this."""
+
+
+class ConfigError(SessionError):
+    """The session's configuration (clobi.toml) is invalid."""
+
+    def __init__(self, problems: list[str], source: str = "clobi.toml") -> None:
+        self.problems = list(problems)
+        self.source = source
+        lines = "\n".join(f"  {p}" for p in self.problems)
+        noun = "problem" if len(problems) == 1 else "problems"
+        super().__init__(f"{source}: {len(problems)} {noun}, nothing was changed:\n{lines}")
+
+
+class ProviderError(ClobiError):
+    """A provider could not be reached or refused a request."""

@@ -1,0 +1,1 @@
+"""Providers: one module per place machines come from, each implementing `base.Provider`."""

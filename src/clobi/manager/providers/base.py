@@ -24,6 +24,7 @@ class JoinInfo:
     url: str | None  # the server to join (`clobi agent --join URL`); None: embedded session
     session_root: Path  # the session directory (embedded sessions; local agents)
     python: str  # the interpreter that runs `-m clobi` on this machine (local providers)
+    session_id: str = ""  # names this session's machines (tags), so no other is ever touched
 
 
 @dataclass(frozen=True)

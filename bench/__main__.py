@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import machine, peerenv, report
-from bench.measure import DrainResult, LatencyResult, to_dict
+from bench.measure import DrainResult, LatencyResult, Unavailable, to_dict
 from bench.peers import NEEDS_REDIS, NO_LATENCY, PEERS
 from bench.services import Redis, redis
 
@@ -118,18 +119,21 @@ class Run:
 
     # --- workloads ----------------------------------------------------------------------
     def w1(self) -> list[dict[str, Any]]:
-        from bench import clobi_runs
+        from bench import clobi_runs, clobi_shared
 
         n, rows = self.plan.drain_jobs, []
         for count, cpus in ((self.cores, 1), (1, self.cores)):
             run = functools.partial(clobi_runs.drain, self.work, n, count, cpus)
-            rows.append(self._row(run, DrainResult("clobi", f"{count} × --cpus {cpus}", n)))
+            blank = DrainResult("clobi", f"embedded, {count} × --cpus {cpus}", n)
+            rows.append(self._row(run, blank))
+        shared = functools.partial(clobi_shared.drain, self.work, n, self.cores)
+        rows.append(self._row(shared, DrainResult("clobi", clobi_shared.config(self.cores), n)))
         for peer in self.peers:
             rows.append(self._peer(peer, "drain", n))
         return rows
 
     def w2(self) -> list[dict[str, Any]]:
-        from bench import clobi_runs
+        from bench import clobi_runs, clobi_shared
 
         n = self.plan.latency_jobs
         rows = [
@@ -137,6 +141,10 @@ class Run:
             self._row(
                 lambda: clobi_runs.latency(self.work, n, self.cores),
                 LatencyResult("clobi", "embedded"),
+            ),
+            self._row(
+                lambda: clobi_shared.latency(self.work, n, self.cores),
+                LatencyResult("clobi", clobi_shared.config(self.cores)),
             ),
         ]
         rows += [self._peer(p, "latency", n) for p in self.peers if p not in NO_LATENCY]
@@ -173,6 +181,10 @@ class Run:
         try:
             result = run()
             return result if isinstance(result, dict) else to_dict(result)
+        except Unavailable as exc:
+            print(f"bench: {blank.system} ({blank.config}): {exc}", file=sys.stderr)
+            blank.error = str(exc)
+            return to_dict(blank)
         except Exception as exc:
             traceback.print_exc()
             blank.error = f"{type(exc).__name__}: {exc}"
@@ -278,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     # Installed packages have their bytecode compiled; every interpreter this run starts
     # (agents, the CLI, the peers' workers) should too, not recompile its modules each time.
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    # SIGTERM unwinds like Ctrl-C, so that agents, servers and databases are cleaned up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     run = Run(args)
     machine.wait_quiet(args.wait_quiet)
     try:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench import procs
@@ -50,6 +51,10 @@ class Agents:
             return [sys.executable, *agent]
         return [sys.executable, "-m", "cProfile", "-o", f"{self.profile}-{k}.pstats", *agent]
 
+    def env(self, k: int) -> dict[str, str] | None:
+        """Agent `k`'s environment (None: this one's)."""
+        return None
+
     def start(self) -> None:
         for k in range(self.count):
             with (self.session / f"agent-{k}.log").open("wb") as log:
@@ -59,6 +64,7 @@ class Agents:
                         stdin=subprocess.DEVNULL,
                         stdout=log,
                         stderr=log,
+                        env=self.env(k),
                         start_new_session=True,
                     )
                 )
@@ -87,7 +93,7 @@ def wait_registered(client: Client, count: int, timeout_s: float = 30.0) -> None
         time.sleep(0.01)
 
 
-def _terminal(client: Client) -> int:
+def terminal_count(client: Client) -> int:
     return sum(v for state, v in client.counts().items() if state.terminal)
 
 
@@ -106,7 +112,7 @@ def drain(
         agents.start()
         try:
             seen = watch(
-                lambda: _terminal(client),
+                lambda: terminal_count(client),
                 n,
                 started,
                 cpu=lambda: procs.tree_cpu_s(agents.pids),
@@ -121,7 +127,7 @@ def drain(
             "agent_rss": round(max(r[0] for r in rss), 1),
             "agent_peak": round(max(r[1] for r in rss), 1),
         }
-        _verify(client, n, result)
+        verify(client, n, result)
     result.note += f"watching the store cost {watching_ms:.0f} ms CPU (not counted)"
     return result
 
@@ -131,7 +137,7 @@ def _own_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _verify(client: Client, n: int, result: DrainResult | LatencyResult) -> None:
+def verify(client: Client, n: int, result: DrainResult | LatencyResult) -> None:
     """Every job succeeded with exactly one succeeded attempt; none missing."""
     jobs = client.list(limit=None)
     done = dup = failed = retried = 0
@@ -166,25 +172,40 @@ def latency(workdir: Path, n: int, cores: int) -> LatencyResult:
         try:
             wait_registered(client, cores)
             for i in range(WARMUP_JOBS + n):
-                took = _one_job(client)
+                took = one_job(client)
                 if i >= WARMUP_JOBS:
                     result.samples_s.append(took)
                 time.sleep(IDLE_GAP_S)
         finally:
             agents.stop()
-        _verify(client, WARMUP_JOBS + n, result)
+        verify(client, WARMUP_JOBS + n, result)
     return result
 
 
-def _one_job(client: Client) -> float:
-    started = time.perf_counter()
+@dataclass(frozen=True)
+class Probe:
+    """One latency probe: the job, and when (wall clock) it was submitted and seen done."""
+
+    job_id: int
+    submitted: float
+    seen: float
+    seconds: float  # submit → seen done, on the monotonic clock
+
+
+def probe(client: Client) -> Probe:
+    """Submit one `/bin/true` and poll its state every `POLL_S` until it is finished."""
+    submitted, started = time.time(), time.perf_counter()
     [job_id] = client.submit({"command": ["/bin/true"]})
     deadline = time.monotonic() + 60
     while not client.store.get_job(job_id).state.terminal:
         if time.monotonic() > deadline:
             raise TimeoutError(f"job {job_id} did not finish in 60 s")
         time.sleep(POLL_S)
-    return time.perf_counter() - started
+    return Probe(job_id, submitted, time.time(), time.perf_counter() - started)
+
+
+def one_job(client: Client) -> float:
+    return probe(client).seconds
 
 
 def profile_summary(prefix: Path, top: int = 30) -> str:

@@ -15,6 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+class Unavailable(RuntimeError):
+    """A workload cannot run on this machine (a service it needs is missing); its row says
+    why, without a traceback."""
+
+
 @dataclass
 class DrainResult:
     """W1: `jobs` pre-queued no-op jobs run by `config`."""

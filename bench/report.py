@@ -69,7 +69,7 @@ def drain_section(report: dict[str, Any]) -> Section | None:
         return None
     p = p_rate(report)
     job_cpu = _job_cpu_ms(report)
-    best = max((r["rate"] for r in rows_in if r["system"] == "clobi"), default=0.0)
+    best = max((r["rate"] for r in targets.clobi_rows(rows_in, shared=False)), default=0.0)
     rows: list[Row] = []
     for r in rows_in:
         cpu = r["cpu_s"] * 1000 / r["jobs"] if r["jobs"] and not r.get("error") else math.nan
@@ -89,7 +89,6 @@ def drain_section(report: dict[str, Any]) -> Section | None:
                 fmt(best / r["rate"], 2) if r["rate"] else "–",
             )
         )
-    rows.append(_not_yet(12))
     headers = (
         "system",
         "config",
@@ -108,8 +107,8 @@ def drain_section(report: dict[str, Any]) -> Section | None:
         "jobs/s: from starting the agents/workers on a full queue until the last job is seen "
         "done; warm: from the first job seen done (start-up left out).",
         f"overhead = CPU of every process involved per job − the job's own ({job_cpu:.2f} ms, "
-        "from P); Redis's CPU is counted for the Redis peers. 'Clobi ÷ this' uses Clobi's best "
-        "embedded row.",
+        "from P); Redis's CPU is counted for the Redis peers, the server's and its PostgreSQL "
+        "backends' for Clobi shared. 'Clobi ÷ this' uses Clobi's best embedded row.",
         *[
             f"{r['system']} ({r['config']}): {r['note'] or r['error']}"
             for r in rows_in
@@ -117,11 +116,6 @@ def drain_section(report: dict[str, Any]) -> Section | None:
         ],
     ]
     return Section("W1 drain: pre-queued /bin/true jobs", headers, rows, notes)
-
-
-def _not_yet(width: int) -> Row:
-    """The row shared sessions will fill once the server exists."""
-    return ("clobi", "shared (server + PostgreSQL)", "not yet available", *["–"] * (width - 3))
 
 
 def _job_cpu_ms(report: dict[str, Any]) -> float:
@@ -146,11 +140,15 @@ def latency_section(report: dict[str, Any]) -> Section | None:
         )
         for r in rows_in
     ]
-    rows.append(_not_yet(8))
     notes = [
         "floor: spawning one /bin/true and waiting for it, nothing else. Clobi's client polls "
-        "the job's state every 0.5 ms; peers use their own result wait.",
-        *[f"{r['system']}: {r['error']}" for r in rows_in if r.get("error")],
+        "the job's state every 0.5 ms (shared: over HTTP, through the server); peers use their "
+        "own result wait.",
+        *[
+            f"{r['system']} ({r['config']}): {r['note'] or r['error']}"
+            for r in rows_in
+            if r.get("note") or r.get("error")
+        ],
     ]
     headers = ("system", "config", "jobs", "ok", "p50 ms", "p90 ms", "p99 ms", "max ms")
     return Section("W2 latency: one job at a time, submit → done", headers, rows, notes)

@@ -55,9 +55,19 @@ def make_agent(
     memory_bytes: int = 8 << 30,
     gpus: int = 0,
     labels: frozenset[str] = frozenset(),
+    *,
+    pool: str = "local",
+    instance_id: int | None = None,
 ) -> AgentInfo:
     return AgentInfo(
-        name=name, host="testhost", cpus=cpus, memory_bytes=memory_bytes, gpus=gpus, labels=labels
+        name=name,
+        host="testhost",
+        cpus=cpus,
+        memory_bytes=memory_bytes,
+        gpus=gpus,
+        labels=labels,
+        pool=pool,
+        instance_id=instance_id,
     )
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from clobi.errors import Conflict, NotFound
 from clobi.model.auth import Role, TokenRecord
+from clobi.model.instances import InstanceState
 from clobi.model.records import JobFilter, Outcome
 from clobi.model.spec import Retries
 from clobi.model.states import AttemptState, JobState
@@ -438,3 +439,87 @@ def test_a_removed_job_has_no_log(store: Store) -> None:
     store.finish(agent, [Outcome(attempt, AttemptState.CANCELLED, reason="killed")])
     store.remove([job_id])
     assert store.read_log(job_id, "stdout") is None
+
+
+# --- the resource manager -------------------------------------------------------------------
+def test_an_instance_is_recorded_then_moves_through_its_states_with_times(store: Store) -> None:
+    inst = store.create_instance("cloud", "simulated", 0.1, "backlog of 5")
+    assert (inst.state, inst.pool, inst.launched_at) == (InstanceState.REQUESTED, "cloud", None)
+    assert store.set_instance(inst.id, InstanceState.BOOTING, "launched", provider_id="sim-1")
+    (booting,) = store.list_instances("cloud")
+    assert booting.provider_id == "sim-1" and booting.launched_at is not None
+    # a conditional move: only from the expected states
+    assert not store.set_instance(
+        inst.id, InstanceState.DRAINING, "idle", expect=(InstanceState.RUNNING,)
+    )
+    assert store.set_instance(inst.id, InstanceState.TERMINATED, "idle too long")
+    assert store.list_instances("cloud") == []
+    (ended,) = store.list_instances("cloud", include_ended=True)
+    assert ended.state is InstanceState.TERMINATED and ended.ended_at is not None
+    assert ended.provider_id == "sim-1"
+    assert not store.set_instance(inst.id, InstanceState.RUNNING, "ended states are final")
+    kinds = [e.kind for e in store.events()]
+    assert kinds[-3:] == ["instance_requested", "instance_booting", "instance_terminated"]
+
+
+def test_an_agent_registering_for_an_instance_makes_it_running(store: Store) -> None:
+    inst = store.create_instance("cloud", "simulated", 0.1, "demand")
+    store.set_instance(inst.id, InstanceState.BOOTING, "launched", provider_id="x")
+    agent = store.register_agent(make_agent(instance_id=inst.id, pool="cloud"))
+    (running,) = store.list_instances()
+    assert running.state is InstanceState.RUNNING and running.agent_id == agent
+    (listed,) = store.list_agents()
+    assert listed.instance_id == inst.id and listed.pool == "cloud"
+
+
+def test_demand_counts_claimable_queued_jobs_per_class_and_priority(store: Store) -> None:
+    store.submit(make_submission(count=3, cpus=1))
+    store.submit(make_submission(count=2, cpus=2, priority=5, requires=("ssd",)))
+    store.submit(make_submission(gpus=1))
+    agent = store.register_agent(make_agent())
+    claim(store, agent, limit=1, cpus=1)  # one 1-cpu job is running now
+    demand = {(d.cpus, d.gpus, d.labels, d.priority): d.count for d in store.queued_demand()}
+    assert demand == {
+        (1.0, 0, frozenset(), 0): 2,
+        (2.0, 0, frozenset({"ssd"}), 5): 2,
+        (1.0, 1, frozenset(), 0): 1,
+    }
+    (load,) = store.agent_loads()
+    assert (load.agent_id, load.cpus, load.running) == (agent, 1.0, 1)
+
+
+def test_an_agent_is_idle_since_a_heartbeat_without_jobs(store: Store) -> None:
+    agent = store.register_agent(make_agent())
+    (fresh,) = store.list_agents()
+    assert fresh.idle_since is not None  # idle from its start
+    store.submit(make_submission())
+    (c,) = claim(store, agent)
+    store.heartbeat(agent, [c.attempt_id], 30)
+    assert store.list_agents()[0].idle_since is None
+    store.finish(agent, [ok(c.attempt_id)])
+    before = time.time()
+    store.heartbeat(agent, [], 30)
+    idle_since = store.list_agents()[0].idle_since
+    assert idle_since is not None and idle_since >= before - 1
+
+
+def test_abandoning_an_agent_requeues_its_running_jobs_at_once(store: Store) -> None:
+    jobs = store.submit(make_submission(count=2))
+    agent = store.register_agent(make_agent())
+    other = store.register_agent(make_agent())
+    claims = claim(store, agent, limit=2, cpus=2, lease_s=3600)
+    result = store.abandon_agent(agent, "its instance was killed", lost_cap=3)
+    assert sorted(result.requeued_jobs) == sorted(jobs)
+    assert sorted(result.lost_attempts) == sorted(c.attempt_id for c in claims)
+    assert {store.get_job(j).state for j in jobs} == {JobState.QUEUED}
+    assert [a.id for a in store.list_agents()] == [other]
+    assert store.heartbeat(agent, [c.attempt_id for c in claims], 30).drain
+
+
+def test_manager_events_and_kept_values_are_stored(store: Store) -> None:
+    store.record_event("manager_launch", "launching 2 of pool cloud: 10 jobs queued")
+    assert store.events()[-1].detail == "launching 2 of pool cloud: 10 jobs queued"
+    assert store.get_meta("manager.idle_votes") is None
+    store.set_meta("manager.idle_votes", '{"cloud": 1}')
+    store.set_meta("manager.idle_votes", '{"cloud": 2}')
+    assert store.get_meta("manager.idle_votes") == '{"cloud": 2}'

@@ -55,6 +55,7 @@ ROUTES = (
     Route("GET", "/api/v1/inputs/{sha}", "input"),
     Route("PUT", "/api/v1/agents/{agent}/attempts/{attempt}/output", "upload", b"forged"),
     Route("GET", "/api/v1/agents", "user"),
+    Route("GET", "/api/v1/instances", "user"),
     Route(
         "POST",
         "/api/v1/agents/join",

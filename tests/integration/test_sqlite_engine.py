@@ -48,7 +48,7 @@ def test_every_named_query_is_valid_sql(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "c.db")
     try:
         for sql in queries.load().values():
-            text = sql.format(ids="1", where="", job_clause="")
+            text = sql.format(ids="1", where="", job_clause="", expect="'x'")
             store._conn.execute(f"EXPLAIN {text}", {k: None for k in _params(text)})
     finally:
         store.close()

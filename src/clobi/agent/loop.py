@@ -48,6 +48,8 @@ class AgentOptions:
     name: str | None = None
     heartbeat_s: float | None = None
     lease_s: float | None = None
+    pool: str = "local"  # embedded sessions; a joining agent gets its token's pool
+    instance_id: int | None = None  # the manager's instance this agent runs on
 
 
 @dataclass
@@ -77,6 +79,8 @@ class Agent:
             gpus=options.gpus,
             labels=options.labels,
             pid=os.getpid(),
+            pool=options.pool,
+            instance_id=options.instance_id,
         )
         self.work_dir = str(session.work_dir)
         self.running: dict[int, att.Attempt] = {}

@@ -36,6 +36,7 @@ from clobi.api.models import (
     HeartbeatIn,
     HeartbeatOut,
     Id,
+    InstanceOut,
     JoinIn,
     JoinOut,
     OutcomeIn,
@@ -43,7 +44,7 @@ from clobi.api.models import (
 )
 from clobi.auth import issue
 from clobi.errors import Forbidden, Unauthorized
-from clobi.model.auth import Principal, Role
+from clobi.model.auth import Principal, Role, instance_of_token
 from clobi.model.records import AgentInfo, Capacity, Claim, Outcome
 from clobi.store.base import ClaimRequest
 
@@ -54,6 +55,15 @@ WAIT_MAX_S = 25.0
 # become claimable without anyone ringing.
 RECHECK_S = 5.0
 AGENT_ERRORS = responses(401, 403, 422, 503)
+
+
+@router.get("/instances", response_model=list[InstanceOut], responses=responses(401, 403, 422, 503))
+def list_instances(
+    principal: User, state: State, pool: str | None = None, include_ended: bool = False
+) -> list[InstanceOut]:
+    """The resource manager's instances (of one pool), live ones only unless `include_ended`."""
+    found = state.store.list_instances(pool, include_ended)
+    return [InstanceOut.model_validate(i) for i in found]
 
 
 @router.get("/agents", response_model=list[AgentOut], responses=responses(401, 403, 422, 503))
@@ -79,6 +89,7 @@ def join(body: JoinIn, principal: Caller, state: State) -> JoinOut:
         labels=frozenset(body.labels),
         pool=pool,
         pid=body.pid,
+        instance_id=instance_of_token(principal.name) if principal.role is Role.BOOTSTRAP else None,
     )
     agent_id = state.store.register_agent(info)
     token = issue(state.store, Role.AGENT, agent_token_name(agent_id), pool)

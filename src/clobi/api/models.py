@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Base64Bytes, BaseModel, ConfigDict, Field
 
 from clobi.model.auth import Role
+from clobi.model.instances import InstanceState
 from clobi.model.spec import JobSpec
 from clobi.model.states import AttemptState, JobState
 
@@ -179,6 +180,23 @@ class AgentOut(Record):
     drain: bool
     running: int
     pid: int
+    instance_id: int | None = None
+    idle_since: float | None = None
+
+
+class InstanceOut(Record):
+    id: int
+    pool: str
+    provider: str
+    provider_id: str
+    state: InstanceState
+    cost_per_hour: float
+    created_at: float
+    launched_at: float | None
+    ready_at: float | None
+    ended_at: float | None
+    agent_id: int | None
+    reason: str
 
 
 class JoinIn(BaseModel):

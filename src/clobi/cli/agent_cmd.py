@@ -32,6 +32,12 @@ def register(subparsers: Any) -> None:
     )
     agent.add_argument("--name", help="the agent's name (default: host and pid)")
     agent.add_argument(
+        "--pool", default="local", help="the pool it belongs to (embedded sessions; default local)"
+    )
+    agent.add_argument(
+        "--instance", type=output.positive_int, metavar="ID", help=argparse.SUPPRESS
+    )  # set by the resource manager's local providers
+    agent.add_argument(
         "--join",
         metavar="URL",
         help="join the Clobi server at URL with a bootstrap token from $CLOBI_TOKEN or "
@@ -77,6 +83,8 @@ def agent_cmd(args: argparse.Namespace) -> int:
         gpus=args.gpus,
         labels=frozenset(x.strip() for x in args.labels.split(",") if x.strip()),
         name=args.name,
+        pool=args.pool,
+        instance_id=args.instance,
     )
     if args.join or args.token or args.token_file:
         from clobi.session import load_session

@@ -60,3 +60,17 @@ class Principal:
     def owner_filter(self) -> str | None:
         """The owner a job listing is limited to (None: all jobs)."""
         return None if self.is_admin else self.name
+
+
+INSTANCE_TOKEN_PREFIX = "instance-"
+
+
+def instance_token_name(instance_id: int) -> str:
+    """The name of the bootstrap token the manager mints for one instance."""
+    return f"{INSTANCE_TOKEN_PREFIX}{instance_id}"
+
+
+def instance_of_token(name: str) -> int | None:
+    """The instance a bootstrap token was minted for (by its name), if any."""
+    rest = name.removeprefix(INSTANCE_TOKEN_PREFIX)
+    return int(rest) if rest != name and rest.isdigit() and len(rest) < 19 else None

@@ -53,3 +53,26 @@ class InstanceRecord:
             return 0.0
         end = self.ended_at if self.ended_at is not None else now
         return max(0.0, end - self.launched_at) / 3600.0 * self.cost_per_hour
+
+
+@dataclass(frozen=True)
+class QueuedClass:
+    """How many claimable queued jobs need these resources, at this priority."""
+
+    cpus: float
+    memory_bytes: int
+    gpus: int
+    labels: frozenset[str]
+    priority: int
+    count: int
+
+
+@dataclass(frozen=True)
+class AgentLoad:
+    """What the running jobs of one agent use."""
+
+    agent_id: int
+    cpus: float
+    memory_bytes: int
+    gpus: int
+    running: int

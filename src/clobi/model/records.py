@@ -40,6 +40,7 @@ class AgentInfo:
     labels: frozenset[str] = frozenset()
     pool: str = "local"
     pid: int = 0
+    instance_id: int | None = None  # the manager's instance it runs on, if any
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,8 @@ class AgentRecord:
     drain: bool
     running: int
     pid: int
+    instance_id: int | None = None
+    idle_since: float | None = None  # as of its last heartbeat; None while it runs jobs
 
 
 @dataclass(frozen=True)

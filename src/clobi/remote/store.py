@@ -15,8 +15,9 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from clobi.errors import Forbidden, NotFound
+from clobi.errors import Forbidden, NotFound, UsageError
 from clobi.model.auth import TokenRecord
+from clobi.model.instances import AgentLoad, InstanceRecord, InstanceState, QueuedClass
 from clobi.model.records import (
     AgentInfo,
     AgentRecord,
@@ -187,6 +188,47 @@ class RemoteStore(Store):
     def read_log(self, job_id: int, stream: str, offset: int = 0) -> LogTail | None:
         return wire.log_tail(self._get(f"/jobs/{int(job_id)}/log", stream=stream, offset=offset))
 
+    # --- the resource manager: it runs beside the server, on the store itself -------------
+    def list_instances(
+        self, pool: str | None = None, include_ended: bool = False
+    ) -> list[InstanceRecord]:
+        found = self._get("/instances", pool=pool, include_ended=include_ended)
+        return [wire.instance(i) for i in found]
+
+    def create_instance(
+        self, pool: str, provider: str, cost_per_hour: float, reason: str
+    ) -> InstanceRecord:
+        raise _manager_only("creating instances")
+
+    def set_instance(
+        self,
+        instance_id: int,
+        state: InstanceState,
+        reason: str,
+        *,
+        provider_id: str | None = None,
+        expect: Sequence[InstanceState] = (),
+    ) -> bool:
+        raise _manager_only("changing instances")
+
+    def queued_demand(self) -> list[QueuedClass]:
+        raise _manager_only("observing demand")
+
+    def agent_loads(self) -> list[AgentLoad]:
+        raise _manager_only("observing agents")
+
+    def abandon_agent(self, agent_id: int, reason: str, lost_cap: int) -> SweepResult:
+        raise _manager_only("abandoning agents")
+
+    def record_event(self, kind: str, detail: str, agent_id: int | None = None) -> None:
+        raise _manager_only("recording decisions")
+
+    def get_meta(self, key: str) -> str | None:
+        raise _manager_only("reading the manager's state")
+
+    def set_meta(self, key: str, value: str) -> None:
+        raise _manager_only("keeping the manager's state")
+
     def set_drain(self, agent_id: int, drain: bool = True) -> None:
         self._post(f"/agents/{agent_id}/drain", {"drain": drain}, idempotent=True)
 
@@ -245,3 +287,10 @@ class RemoteStore(Store):
         for wakeup in self._wakeups:
             wakeup.close()
         self.connection.close()
+
+
+def _manager_only(what: str) -> UsageError:
+    return UsageError(
+        f"{what} is the resource manager's work: run it where the session's database is "
+        "(clobi server or clobi manager with --session DIR or a database URL)"
+    )

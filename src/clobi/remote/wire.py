@@ -11,6 +11,7 @@ from dataclasses import fields
 from typing import Any, TypeVar
 
 from clobi.model.auth import Role, TokenRecord
+from clobi.model.instances import InstanceRecord, InstanceState
 from clobi.model.records import (
     AgentRecord,
     AttemptRecord,
@@ -84,6 +85,10 @@ def event(data: dict[str, Any]) -> Event:
 
 def agent(data: dict[str, Any]) -> AgentRecord:
     return record(AgentRecord, data, labels=tuple(data["labels"]))
+
+
+def instance(data: dict[str, Any]) -> InstanceRecord:
+    return record(InstanceRecord, data, state=InstanceState(data["state"]))
 
 
 def token(data: dict[str, Any]) -> TokenRecord:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from clobi.model.auth import TokenRecord
+from clobi.model.instances import AgentLoad, InstanceRecord, InstanceState, QueuedClass
 from clobi.model.records import (
     AgentInfo,
     AgentRecord,
@@ -171,6 +172,59 @@ class Store(ABC):
         """What is kept of the job's current attempt's `stream` from `offset` on (from the
         oldest kept byte if `offset` is older); None when nothing is kept. The log of a
         finished attempt is in its output, not here."""
+
+    # --- the resource manager ------------------------------------------------------------
+    @abstractmethod
+    def create_instance(
+        self, pool: str, provider: str, cost_per_hour: float, reason: str
+    ) -> InstanceRecord:
+        """Record an instance about to be asked of a provider (state `requested`)."""
+
+    @abstractmethod
+    def set_instance(
+        self,
+        instance_id: int,
+        state: InstanceState,
+        reason: str,
+        *,
+        provider_id: str | None = None,
+        expect: Sequence[InstanceState] = (),
+    ) -> bool:
+        """Move an instance to `state` (from one of `expect`, default: any live state), with
+        why; `booting` stamps the launch time, ended states the end time. False if it was not
+        in an expected state."""
+
+    @abstractmethod
+    def list_instances(
+        self, pool: str | None = None, include_ended: bool = False
+    ) -> list[InstanceRecord]:
+        """Instances (of one pool), live ones only unless `include_ended`, oldest first."""
+
+    @abstractmethod
+    def queued_demand(self) -> list[QueuedClass]:
+        """Claimable queued jobs counted per resource class and priority."""
+
+    @abstractmethod
+    def agent_loads(self) -> list[AgentLoad]:
+        """What the running jobs of each busy agent use."""
+
+    @abstractmethod
+    def abandon_agent(self, agent_id: int, reason: str, lost_cap: int) -> SweepResult:
+        """The agent is gone for good (its machine was killed): mark it gone and handle its
+        running attempts as lost now (jobs requeued, or failed past `lost_cap` losses), rather
+        than when their leases expire."""
+
+    @abstractmethod
+    def record_event(self, kind: str, detail: str, agent_id: int | None = None) -> None:
+        """Append an event that is not a job's state change (the manager's decisions)."""
+
+    @abstractmethod
+    def get_meta(self, key: str) -> str | None:
+        """A value the session keeps between runs of its components (None if unset)."""
+
+    @abstractmethod
+    def set_meta(self, key: str, value: str) -> None:
+        """Keep `value` under `key`."""
 
     # --- sweeping -----------------------------------------------------------------------
     @abstractmethod

@@ -35,6 +35,7 @@ from clobi.model.records import Claim, Outcome, Submission, SweepResult
 from clobi.store import queries
 from clobi.store.base import ClaimRequest, Store, Wakeup
 from clobi.store.sqlcore import Cursor
+from clobi.store.sqlinstances import SqlInstances
 from clobi.store.sqljobs import SqlJobs
 from clobi.store.sqllogs import SqlLogs
 from clobi.store.sqltokens import SqlTokens
@@ -51,7 +52,7 @@ NS_MIGRATE, NS_ELECTION, NS_SUBMIT = 0x434C4F41 + 1, 0x434C4F41 + 2, 0x434C4F41 
 Conn = psycopg.Connection[Any]
 
 
-class PostgresStore(SqlJobs, SqlWork, SqlTokens, SqlLogs, Store):
+class PostgresStore(SqlJobs, SqlWork, SqlTokens, SqlLogs, SqlInstances, Store):
     """Store engine over one PostgreSQL database; one connection per instance (stores are
     used from one thread at a time), plus one per listener and per lock it contends for."""
 

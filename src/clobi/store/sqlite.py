@@ -21,6 +21,7 @@ from clobi.store import queries
 from clobi.store.base import Store, Wakeup
 from clobi.store.bells import Bells
 from clobi.store.sqlcore import Cursor
+from clobi.store.sqlinstances import SqlInstances
 from clobi.store.sqljobs import SqlJobs
 from clobi.store.sqllogs import SqlLogs
 from clobi.store.sqltokens import SqlTokens
@@ -29,7 +30,7 @@ from clobi.store.sqlwork import SqlWork
 BUSY_TIMEOUT_S = 120.0
 
 
-class SqliteStore(SqlJobs, SqlWork, SqlTokens, SqlLogs, Store):
+class SqliteStore(SqlJobs, SqlWork, SqlTokens, SqlLogs, SqlInstances, Store):
     """Store engine over one SQLite database file."""
 
     def __init__(self, path: Path) -> None:

@@ -42,8 +42,14 @@ class SqlWork(SqlCore):
                     "labels": labels_text(info.labels),
                     "pid": info.pid,
                     "now": now,
+                    "instance_id": info.instance_id,
                 },
             )
+            if info.instance_id is not None:
+                cur.execute(
+                    self.q["link_instance"],
+                    {"agent_id": agent_id, "instance_id": info.instance_id, "now": now},
+                )
             self._event(cur, now, "agent_up", agent_id=agent_id, detail=info.name)
             return agent_id
 
@@ -82,7 +88,8 @@ class SqlWork(SqlCore):
         with self._tx() as cur:
             now = self._now()
             until = now + lease_s
-            cur.execute(self.q["touch_agent"], {"agent_id": agent_id, "now": now})
+            busy = int(bool(attempt_ids))
+            cur.execute(self.q["touch_agent"], {"agent_id": agent_id, "now": now, "busy": busy})
             if attempt_ids:
                 ids = ",".join(str(int(i)) for i in attempt_ids)
                 cur.execute(
@@ -135,15 +142,7 @@ class SqlWork(SqlCore):
     def sweep(self, lost_cap: int, agent_timeout_s: float) -> SweepResult:
         with self._tx() as cur:
             now = self._now()
-            cur.execute(self.q["expired_attempts"], {"now": now})
-            outcome: dict[str, list[int]] = {
-                "lost": [],
-                "queued": [],
-                "failed": [],
-                "cancelled": [],
-            }
-            for row in cur.fetchall():
-                self._lose(cur, row, lost_cap, now, outcome)
+            outcome = self._lose_expired(cur, lost_cap, now)
             cur.execute(self.q["silent_agents"], {"deadline": now - agent_timeout_s})
             silent = [r[0] for r in cur.fetchall()]
             for agent_id in silent:
@@ -157,6 +156,22 @@ class SqlWork(SqlCore):
             lost_agents=tuple(silent),
         )
 
+    def abandon_agent(self, agent_id: int, reason: str, lost_cap: int) -> SweepResult:
+        with self._tx() as cur:
+            now = self._now()
+            cur.execute(self.q["expire_leases_of_agent"], {"agent_id": agent_id})
+            cur.execute(self.q["agent_gone_now"], {"agent_id": agent_id})
+            if cur.rowcount == 1:
+                self._event(cur, now, "agent_lost", agent_id=agent_id, detail=reason)
+            outcome = self._lose_expired(cur, lost_cap, now)
+        return SweepResult(
+            lost_attempts=tuple(outcome["lost"]),
+            requeued_jobs=tuple(outcome["queued"]),
+            failed_jobs=tuple(outcome["failed"]),
+            cancelled_jobs=tuple(outcome["cancelled"]),
+            lost_agents=(agent_id,),
+        )
+
     def next_due_s(self) -> float | None:
         with self._tx(write=False) as cur:
             now = self._now()
@@ -168,6 +183,14 @@ class SqlWork(SqlCore):
         return None if row is None or row[0] is None else max(0.0, row[0] - now)
 
     # --- internals ----------------------------------------------------------------------
+    def _lose_expired(self, cur: Cursor, lost_cap: int, now: float) -> dict[str, list[int]]:
+        """Every attempt whose lease has expired: lost, its job requeued or ended."""
+        cur.execute(self.q["expired_attempts"], {"now": now})
+        outcome: dict[str, list[int]] = {"lost": [], "queued": [], "failed": [], "cancelled": []}
+        for row in cur.fetchall():
+            self._lose(cur, row, lost_cap, now, outcome)
+        return outcome
+
     def _claim(
         self, cur: Cursor, req: ClaimRequest, now: float, events: list[dict[str, Any]]
     ) -> list[Claim]:
@@ -345,4 +368,6 @@ def _agent_from_row(r: Sequence[Any]) -> AgentRecord:
         drain=bool(r[11]),
         running=r[12],
         pid=r[13],
+        instance_id=r[14],
+        idle_since=r[15],
     )

@@ -115,15 +115,18 @@ SELECT a.id, j.cancel_requested FROM attempts a JOIN jobs j ON j.id = a.job_id
 WHERE a.agent_id = :agent_id AND a.state = 'running' AND a.lease_until >= :now;
 
 -- name: touch_agent
-UPDATE agents SET last_seen = :now WHERE id = :agent_id AND state != 'gone';
+UPDATE agents SET last_seen = :now,
+    idle_since = CASE WHEN :busy <> 0 THEN NULL ELSE coalesce(idle_since, :now) END
+WHERE id = :agent_id AND state != 'gone';
 
 -- name: agent_flags
 SELECT state, drain FROM agents WHERE id = :agent_id;
 
 -- name: insert_agent
 INSERT INTO agents (name, host, pool, state, cpus, memory_bytes, gpus, labels, pid, started_at,
-                    last_seen)
-VALUES (:name, :host, :pool, 'up', :cpus, :memory_bytes, :gpus, :labels, :pid, :now, :now);
+                    last_seen, instance_id, idle_since)
+VALUES (:name, :host, :pool, 'up', :cpus, :memory_bytes, :gpus, :labels, :pid, :now, :now,
+        :instance_id, :now);
 
 -- name: set_drain
 UPDATE agents SET drain = :drain, state = CASE WHEN :drain THEN 'draining' ELSE 'up' END
@@ -136,7 +139,7 @@ UPDATE agents SET state = 'gone', last_seen = :now WHERE id = :agent_id;
 SELECT g.id, g.name, g.host, g.pool, g.state, g.cpus, g.memory_bytes, g.gpus, g.labels,
        g.started_at, g.last_seen, g.drain,
        (SELECT count(*) FROM attempts a WHERE a.agent_id = g.id AND a.state = 'running'),
-       g.pid
+       g.pid, g.instance_id, g.idle_since
 FROM agents g {where} ORDER BY g.id;
 
 -- name: cancel_queued
@@ -239,3 +242,49 @@ DELETE FROM log_tails WHERE attempt_id IN ({ids});
 
 -- name: delete_log_tails_of_job
 DELETE FROM log_tails WHERE attempt_id IN (SELECT id FROM attempts WHERE job_id = :job_id);
+
+-- name: link_instance
+UPDATE instances SET agent_id = :agent_id, state = 'running', ready_at = :now,
+    reason = 'its agent joined'
+WHERE id = :instance_id AND state IN ('requested', 'booting');
+
+-- name: insert_instance
+INSERT INTO instances (pool, provider, state, cost_per_hour, created_at, reason)
+VALUES (:pool, :provider, 'requested', :cost_per_hour, :now, :reason);
+
+-- name: set_instance
+UPDATE instances SET state = :state, reason = :reason,
+    provider_id = coalesce(:provider_id, provider_id),
+    launched_at = CASE WHEN :state = 'booting' AND launched_at IS NULL THEN :now
+                       ELSE launched_at END,
+    ended_at = CASE WHEN :state IN ('terminated', 'failed') THEN :now ELSE ended_at END
+WHERE id = :instance_id AND state IN ({expect});
+
+-- name: select_instances
+SELECT id, pool, provider, provider_id, state, cost_per_hour, created_at, launched_at, ready_at,
+       ended_at, agent_id, reason
+FROM instances {where} ORDER BY id;
+
+-- name: queued_demand
+SELECT cpus, memory_bytes, gpus, requires, priority, count(*)
+FROM jobs WHERE state = 'queued' AND not_before <= :now
+GROUP BY cpus, memory_bytes, gpus, requires, priority;
+
+-- name: agent_load
+SELECT a.agent_id, sum(j.cpus), sum(j.memory_bytes), sum(j.gpus), count(*)
+FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.state = 'running'
+GROUP BY a.agent_id;
+
+-- name: expire_leases_of_agent
+UPDATE attempts SET lease_until = 0 WHERE agent_id = :agent_id AND state = 'running';
+
+-- name: agent_gone_now
+UPDATE agents SET state = 'gone', drain = 1 WHERE id = :agent_id AND state != 'gone';
+
+-- name: get_meta
+SELECT value FROM meta WHERE key = :key;
+
+-- name: set_meta
+INSERT INTO meta (key, value, updated_at) VALUES (:key, :value, :now)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at;

@@ -66,6 +66,7 @@ CREATE INDEX attempts_job ON attempts (job_id);
 
 CREATE INDEX attempts_running ON attempts (agent_id, lease_until) WHERE state = 'running';
 
+-- instance_id and idle_since came with migration 0004: SQLite keeps ALTER TABLE's text as is.
 CREATE TABLE agents (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL,
@@ -80,7 +81,7 @@ CREATE TABLE agents (
     started_at REAL NOT NULL,
     last_seen REAL NOT NULL,
     drain INTEGER NOT NULL DEFAULT 0
-);
+, instance_id INTEGER, idle_since REAL);
 
 CREATE TABLE events (
     id INTEGER PRIMARY KEY,
@@ -121,4 +122,27 @@ CREATE TABLE log_tails (
     data BLOB NOT NULL,
     updated_at REAL NOT NULL,
     PRIMARY KEY (attempt_id, stream)
+);
+
+CREATE TABLE instances (
+    id INTEGER PRIMARY KEY,
+    pool TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    provider_id TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL,
+    cost_per_hour REAL NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    launched_at REAL,
+    ready_at REAL,
+    ended_at REAL,
+    agent_id INTEGER,
+    reason TEXT NOT NULL DEFAULT ''
+);
+
+CREATE INDEX instances_live ON instances (pool, id) WHERE state NOT IN ('terminated', 'failed');
+
+CREATE TABLE meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    updated_at REAL NOT NULL
 );

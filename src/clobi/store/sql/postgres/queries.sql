@@ -19,8 +19,9 @@ RETURNING id;
 
 -- name: insert_agent
 INSERT INTO agents (name, host, pool, state, cpus, memory_bytes, gpus, labels, pid, started_at,
-                    last_seen)
-VALUES (:name, :host, :pool, 'up', :cpus, :memory_bytes, :gpus, :labels, :pid, :now, :now)
+                    last_seen, instance_id, idle_since)
+VALUES (:name, :host, :pool, 'up', :cpus, :memory_bytes, :gpus, :labels, :pid, :now, :now,
+        :instance_id, :now)
 RETURNING id;
 
 -- name: claim_candidates
@@ -115,3 +116,23 @@ CREATE TABLE IF NOT EXISTS clobi_schema_version (
     version integer PRIMARY KEY,
     applied_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- name: insert_instance
+INSERT INTO instances (pool, provider, state, cost_per_hour, created_at, reason)
+VALUES (:pool, :provider, 'requested', :cost_per_hour, :now, :reason)
+RETURNING id;
+
+-- name: set_instance
+UPDATE instances SET state = :state, reason = :reason,
+    provider_id = coalesce(CAST(:provider_id AS text), provider_id),
+    launched_at = CASE WHEN CAST(:state AS text) = 'booting' AND launched_at IS NULL
+                       THEN CAST(:now AS double precision) ELSE launched_at END,
+    ended_at = CASE WHEN CAST(:state AS text) IN ('terminated', 'failed')
+                    THEN CAST(:now AS double precision) ELSE ended_at END
+WHERE id = :instance_id AND state IN ({expect});
+
+-- name: touch_agent
+UPDATE agents SET last_seen = :now,
+    idle_since = CASE WHEN CAST(:busy AS integer) <> 0 THEN NULL
+                      ELSE coalesce(idle_since, CAST(:now AS double precision)) END
+WHERE id = :agent_id AND state != 'gone';

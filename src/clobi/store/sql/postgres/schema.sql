@@ -89,7 +89,9 @@ CREATE TABLE agents (
     pid integer NOT NULL DEFAULT 0,
     started_at double precision NOT NULL,
     last_seen double precision NOT NULL,
-    drain integer NOT NULL DEFAULT 0
+    drain integer NOT NULL DEFAULT 0,
+    instance_id bigint,
+    idle_since double precision
 );
 
 CREATE TABLE events (
@@ -131,4 +133,27 @@ CREATE TABLE log_tails (
     data bytea NOT NULL,
     updated_at double precision NOT NULL,
     PRIMARY KEY (attempt_id, stream)
+);
+
+CREATE TABLE instances (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    pool text NOT NULL,
+    provider text NOT NULL,
+    provider_id text NOT NULL DEFAULT '',
+    state text NOT NULL,
+    cost_per_hour double precision NOT NULL DEFAULT 0,
+    created_at double precision NOT NULL,
+    launched_at double precision,
+    ready_at double precision,
+    ended_at double precision,
+    agent_id bigint,
+    reason text NOT NULL DEFAULT ''
+);
+
+CREATE INDEX instances_live ON instances (pool, id) WHERE state NOT IN ('terminated', 'failed');
+
+CREATE TABLE meta (
+    key text PRIMARY KEY,
+    value text NOT NULL,
+    updated_at double precision NOT NULL
 );

@@ -34,6 +34,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "agent_cmd": ("agent", "agents", "events"),
     "server_cmd": ("server",),
     "token_cmd": ("token", "login"),
+    "pool_cmd": ("pool", "instances", "manager"),
+    "why_cmd": ("why",),
 }
 
 

@@ -335,3 +335,50 @@ def test_hard_kill_requeues_at_once_and_drain_waits_for_the_jobs(
     finally:
         assert manager.stop() == 0
         store.close()
+
+
+def test_a_server_runs_the_manager_and_its_machines_join_with_single_use_tokens(
+    pools_session: Session, tmp_path: Path
+) -> None:
+    session = pools_session
+    declare(session, ONE_CLOUD.replace("max = 2", "min = 1\nmax = 1"))
+    root = str(session.root)
+    admin = clobi("token", "create", "--role", "admin", "--session", root).stdout.strip()
+    log = tmp_path / "server.log"
+    env = {**os.environ, "CLOBI_BIND": "127.0.0.1:0", "CLOBI_TOKEN": admin}
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "clobi", "server", "--session", root],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    store = session.open_store()
+    try:
+        wait_for("the server", lambda: "listening on" in log.read_text(), 30, log)
+        url = re.search(r"listening on (\S+)", log.read_text()).group(1)  # type: ignore[union-attr]
+        wait_for("the cloud machine's agent", lambda: len(store.list_agents()) == 1, 30, log)
+        (agent,) = store.list_agents()
+        (instance,) = store.list_instances("cloud")
+        assert (agent.pool, agent.instance_id) == ("cloud", instance.id)
+        assert instance.state is InstanceState.RUNNING and instance.agent_id == agent.id
+        (bootstrap,) = [t for t in store.list_tokens() if t.name == f"instance-{instance.id}"]
+        assert bootstrap.used_at is not None and bootstrap.pool == "cloud"  # spent on join
+
+        # a remote user sees the pools and asks why through the server
+        (job,) = clobi("submit", "--session", url, "--", "true", env=env).stdout.split()
+        pools = json.loads(clobi("pool", "ls", "--json", "--session", root).stdout)
+        assert pools[0]["name"] == "cloud"
+        why = clobi("why", job, "--session", url, env=env)
+        assert why.returncode == 0 and f"job {job}" in why.stdout, why.stderr
+        wait_for(
+            "the job",
+            lambda: store.get_job(int(job)).state is JobState.SUCCEEDED,
+            30,
+            log,
+        )
+        assert admin.split("_", 2)[2] not in log.read_text()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        store.close()

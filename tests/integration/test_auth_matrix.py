@@ -56,6 +56,8 @@ ROUTES = (
     Route("PUT", "/api/v1/agents/{agent}/attempts/{attempt}/output", "upload", b"forged"),
     Route("GET", "/api/v1/agents", "user"),
     Route("GET", "/api/v1/instances", "user"),
+    Route("GET", "/api/v1/pools", "user"),
+    Route("GET", "/api/v1/jobs/{job}/why", "user-job"),
     Route(
         "POST",
         "/api/v1/agents/join",

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from clobi import __version__
-from clobi.api import admin, agents, errors, files, jobs, logs
+from clobi.api import admin, agents, errors, files, jobs, logs, pools
 from clobi.api.deps import ServerState
 from clobi.api.sweeper import Sweeper
 from clobi.api.wakeups import Doorbell
@@ -72,6 +72,7 @@ def create_app(
         files.router,
         agents.router,
         logs.router,
+        pools.router,
     ):
         app.include_router(router)
     return app

@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
@@ -63,6 +64,16 @@ def register(subparsers: Any) -> None:
     )
     server.add_argument("--tls-cert", metavar="FILE", type=Path, help="TLS certificate (PEM)")
     server.add_argument("--tls-key", metavar="FILE", type=Path, help="TLS private key (PEM)")
+    server.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="the URL machines started by the resource manager join (default: where it listens)",
+    )
+    server.add_argument(
+        "--no-manager",
+        action="store_true",
+        help="do not run the resource manager here (it runs when clobi.toml declares pools)",
+    )
     server.set_defaults(func=server_cmd)
 
 
@@ -107,6 +118,8 @@ def server_cmd(args: argparse.Namespace) -> int:
     store, sandbox = session.open_store(), session.open_sandbox()
     try:
         app = create_app(store, sandbox, session.settings)
+        if session.credentials is None:
+            app.state.session_root = session.root  # its clobi.toml declares the pools
         sock = _listen(config)
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
@@ -115,6 +128,8 @@ def server_cmd(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
+        public = args.public_url or _public_url(config.scheme, host, port)
+        manager = None if args.no_manager else _start_manager(session, public)
         uvicorn_config = uvicorn.Config(
             app,
             ssl_certfile=config.tls_cert,
@@ -122,10 +137,54 @@ def server_cmd(args: argparse.Namespace) -> int:
             log_level="info",
             timeout_graceful_shutdown=5,
         )
-        _server_class(uvicorn)(uvicorn_config, lambda: stop_long_polls(app)).run(sockets=[sock])
+        try:
+            server = _server_class(uvicorn)(uvicorn_config, lambda: stop_long_polls(app))
+            server.run(sockets=[sock])
+        finally:
+            if manager is not None:
+                manager.stop()
     finally:
         store.close()
     return ExitCode.OK
+
+
+def _public_url(scheme: str, host: str, port: int) -> str:
+    if host in ("0.0.0.0", "::"):
+        host = socket.getfqdn()
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}:{port}"
+
+
+class _ManagerThread:
+    """The resource manager beside the server, in a thread of its own with its own store
+    connection (one manager is active per session: the store's lock elects it)."""
+
+    def __init__(self, session: Session, url: str) -> None:
+        from clobi.manager.loop import Manager, join_info
+
+        self.store = session.open_store()
+        self.manager = Manager(session, self.store, join_info(session, self.store, url))
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(
+            target=self.manager.run, args=(self.stopping,), name="clobi-manager", daemon=True
+        )
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=30)
+        self.store.close()
+
+
+def _start_manager(session: Session, url: str) -> _ManagerThread | None:
+    """Run the manager when the session's clobi.toml declares pools."""
+    from clobi.manager.config import read_pools
+    from clobi.session import CONFIG_NAME
+
+    if session.credentials is not None or not read_pools(session.root / CONFIG_NAME).pools:
+        return None
+    print(f"clobi server: running the resource manager; machines join {url}", file=sys.stderr)
+    return _ManagerThread(session, url)
 
 
 def served_session(explicit: str | None, config: ServerConfig) -> Session:

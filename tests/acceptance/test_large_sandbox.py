@@ -60,9 +60,9 @@ def shared(tmp_path: Path) -> Iterator[SharedSession]:
         shutil.disk_usage(tmp_path).free >= DISK_NEEDED_BYTES,
         f"{DISK_NEEDED_BYTES // GiB} GiB free in {tmp_path} for copies of a 1 GiB sandbox",
     )
-    # The agent renews no lease while it stages a sandbox in or out: leases long enough for
-    # 1 GiB on a busy machine, so that a slow copy is not taken for a lost agent.
-    session = fast_session(tmp_path / "session", lease_s=60.0, agent_timeout_s=120.0)
+    # Leases far shorter than moving 1 GiB takes: the agent must keep them alive while it
+    # stages the sandbox in and out, or the job is taken for lost and never finishes.
+    session = fast_session(tmp_path / "session", lease_s=3.0, heartbeat_s=0.5)
     home, log_path, tmp = tmp_path / "home", tmp_path / "server.log", tmp_path / "tmp"
     tmp.mkdir()
     admin_args = ("token", "create", "--role", "admin", "--session", session.root)

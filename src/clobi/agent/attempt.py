@@ -137,6 +137,18 @@ def finish(attempt: Attempt, sandbox: SandboxStore, inline_max: int, agent_name:
     return _finish_general(attempt, sandbox, inline_max, log)
 
 
+def output_may_be_large(attempt: Attempt, inline_max: int) -> bool:
+    """Whether storing the output may take a while: declared outputs, or logs too big to
+    report inline."""
+    if attempt.claim.spec.outputs:
+        return True
+    size = 0
+    for name in ("stdout", "stderr"):
+        with contextlib.suppress(OSError):
+            size += os.stat(f"{attempt.root}/{name}").st_size
+    return size > inline_max
+
+
 def _small_logs(attempt: Attempt, budget: int) -> list[tuple[str, bytes]] | None:
     """stdout and stderr read whole when together they fit `budget`, else None."""
     if budget < 0:

@@ -16,12 +16,14 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
 from clobi.agent import attempt as att
 from clobi.agent import process
+from clobi.agent.leases import LeaseKeeper
 from clobi.agent.logtail import LogTails
 from clobi.agent.pacing import REPORT_DELAY_S, Pace
 from clobi.agent.workdirs import WorkDirs
@@ -95,6 +97,7 @@ class Agent:
         self.bell: Wakeup | None = None
         self.dirs = WorkDirs(self.work_dir, f"{self.info.host}-{os.getpid()}")
         self.log_tails = LogTails()
+        self.keeper = LeaseKeeper(store, lambda: self.agent_id, self.lease_s, self.heartbeat_s)
 
     # --- the loop ---------------------------------------------------------------------
     def run(self) -> int:
@@ -272,7 +275,11 @@ class Agent:
                 return
             a = self.backlog.popleft()
             a.started_wall = time.time()
-            att.start(a, self.sandbox, self.dirs)
+            if a.claim.input_sha256 is None:
+                att.start(a, self.sandbox, self.dirs)
+            else:
+                with self._leases_kept():  # an input download can outlast the lease
+                    att.start(a, self.sandbox, self.dirs)
             if a.proc is None:
                 self._move_to_done(a)
             else:
@@ -290,10 +297,25 @@ class Agent:
     def _outcome(self, a: att.Attempt) -> Outcome:
         # Stored once: if the report fails, the next turn reports the same stored output.
         if a.outcome is None:
-            a.outcome = att.finish(
-                a, self.sandbox, self.session.settings.inline_output_max_bytes, self.info.name
-            )
+            inline_max = self.session.settings.inline_output_max_bytes
+            if att.output_may_be_large(a, inline_max):
+                with self._leases_kept():
+                    a.outcome = att.finish(a, self.sandbox, inline_max, self.info.name)
+            else:
+                a.outcome = att.finish(a, self.sandbox, inline_max, self.info.name)
         return a.outcome
+
+    @contextlib.contextmanager
+    def _leases_kept(self) -> Iterator[None]:
+        """Around a transfer that may outlast the lease: the keeper renews every held
+        attempt's lease meanwhile, and the loop takes its renewals over afterwards."""
+        held = [*self.running.values(), *self.backlog, *self.done]
+        with self.keeper.covering([a.id for a in held]):
+            yield
+        for a in held:
+            renewed = self.keeper.renewed.get(a.id)
+            if renewed is not None:
+                a.lease_deadline = max(a.lease_deadline, renewed + self.lease_s)
 
     def _claim_request(self, now: float) -> ClaimRequest | None:
         if self.draining.is_set() or now < self.clock.next_claim:
@@ -339,6 +361,7 @@ class Agent:
             self.store.agent_exited(self.agent_id)
         if self.bell is not None:
             self.bell.close()
+        self.keeper.close()
         self.dirs.close()
 
 

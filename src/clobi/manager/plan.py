@@ -29,10 +29,9 @@ class Requirement:
 
     def describe(self) -> str:
         """`1 cpu, 1GiB, 1 gpu, labels ssd` for people."""
-        parts = [
-            f"{self.cpus:g} cpu{'s' if self.cpus != 1 else ''}",
-            format_bytes(self.memory_bytes),
-        ]
+        parts = [f"{self.cpus:g} cpu{'s' if self.cpus != 1 else ''}"]
+        if self.memory_bytes:
+            parts.append(format_bytes(self.memory_bytes))
         if self.gpus:
             parts.append(f"{self.gpus} gpu{'s' if self.gpus > 1 else ''}")
         if self.labels:

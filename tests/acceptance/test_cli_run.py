@@ -75,6 +75,14 @@ def test_a_run_of_200_reports_its_12_failures_and_keeps_the_session(tmp_path: Pa
     out_dir = tmp_path / "D"
     clobi("output", "--session", session, by_index[5]["id"], "--to", out_dir, cwd=tmp_path)
     assert "5" in (out_dir / "stdout").read_text(encoding="utf-8")
+    # its agents were instances of the local pool, started by the local provider, now ended
+    instances = json.loads(
+        clobi("instances", "--all", "--json", "--session", session, cwd=tmp_path).stdout
+    )
+    assert instances and {i["pool"] for i in instances} == {"local"}
+    assert {(i["provider"], i["state"]) for i in instances} == {("local", "terminated")}
+    assert {i["reason"] for i in instances} == {"the run is over"}
+    assert clobi("instances", "--session", session, cwd=tmp_path).stdout == ""
 
 
 def test_a_temporary_run_extracts_outputs_with_to_and_leaves_nothing_behind(

@@ -1,22 +1,29 @@
-"""The local agent processes `clobi run` starts for its session, and stops when it is done.
+"""The local agents `clobi run` starts for its session, and stops when it is done.
 
-Each is `python -m clobi agent --session DIR --cpus C`, its output in a log file in the
-session's `logs/` folder. Stopping sends SIGTERM (the agent drains: it takes no new jobs and
-finishes the ones it runs), waits, then sends SIGKILL to any that are left.
+They are instances of the session's `local` pool, started by the `local` provider like any
+the resource manager starts (`clobi instances --all` lists them): agent processes on this
+machine, each offering its share of the cpus and memory, logging to
+`<session>/manager/local/<instance>.log`. Stopping sends SIGTERM (the agent drains: it takes
+no new jobs and finishes the ones it runs), waits, then kills any that are left with
+everything they started.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clobi.errors import ClobiError
 
+if TYPE_CHECKING:
+    from clobi.manager.providers.local import LocalProvider
+    from clobi.model.instances import InstanceRecord
+    from clobi.store.base import Store
+
 LOG_TAIL_LINES = 10
+POOL = "local"
 
 
 def machine_cpus() -> int:
@@ -53,8 +60,12 @@ class LocalAgents:
         self.root = root
         self.count = count
         self.cpus = cpus
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.store: Store | None = None
+        self.provider: LocalProvider | None = None
+        self.instances: list[InstanceRecord] = []
+        self.ids: dict[int, str] = {}  # instance id -> provider id
         self.logs: list[Path] = []
+        self.killed = False
 
     def __enter__(self) -> LocalAgents:
         self.start()
@@ -64,38 +75,44 @@ class LocalAgents:
         self.stop(timeout_s=30.0)
 
     def start(self) -> None:
-        log_dir = self.root / "logs"
-        log_dir.mkdir(exist_ok=True)
-        for n in range(1, self.count + 1):
-            log = log_dir / f"run-{os.getpid()}-agent-{n}.log"
-            with log.open("wb") as sink:
-                proc = subprocess.Popen(
-                    self._argv(), stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT
-                )
-            self.procs.append(proc)
-            self.logs.append(log)
+        from clobi.manager.loop import join_info, record_launch
+        from clobi.manager.providers.local import LocalProvider
+        from clobi.model.instances import InstanceState
+        from clobi.model.pools import PoolSpec
+        from clobi.session import load_session
 
-    def _argv(self) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "clobi",
-            "agent",
-            "--session",
-            str(self.root),
-            "--cpus",
-            f"{self.cpus:g}",
-            "--memory",  # split, so that K agents do not each offer all of it
-            str(machine_memory() // self.count),
+        session = load_session(self.root)
+        self.store = store = session.open_store()
+        memory = machine_memory() // self.count  # split, so K agents do not each offer all
+        pool = PoolSpec(POOL, "local", cpus=self.cpus, memory_bytes=memory, max=self.count)
+        self.provider = LocalProvider(pool, join_info(session, store, None))
+        self.instances = [
+            store.create_instance(POOL, "local", 0.0, f"clobi run (pid {os.getpid()})")
+            for _ in range(self.count)
         ]
+        from clobi.manager.providers.base import LaunchRequest
+
+        launched = self.provider.launch([LaunchRequest(i.id, "") for i in self.instances])
+        for answer in launched:
+            if answer.error:
+                store.set_instance(answer.instance_id, InstanceState.FAILED, answer.error)
+                raise ClobiError(f"clobi run: cannot start a local agent: {answer.error}")
+            record_launch(store, answer.instance_id, answer.provider_id)
+            self.ids[answer.instance_id] = answer.provider_id
+            self.logs.append(self.provider.log_path(answer.instance_id))
+
+    def _alive(self) -> list[str]:
+        from clobi.manager.plan import ProviderState
+
+        assert self.provider is not None
+        states = self.provider.describe(list(self.ids.values()))
+        return [pid for pid, state in states.items() if state is ProviderState.RUNNING]
 
     def check(self) -> None:
         """Raise when every agent has exited: nothing would run the remaining jobs."""
-        if self.procs and all(p.poll() is not None for p in self.procs):
-            codes = ", ".join(str(p.returncode) for p in self.procs)
+        if self.ids and not self._alive():
             raise ClobiError(
-                f"the run's agents exited early (exit codes {codes}); "
-                f"the end of {self.logs[0]}:\n{self.log_tail(0)}"
+                f"the run's agents exited early; the end of {self.logs[0]}:\n{self.log_tail(0)}"
             )
 
     def log_tail(self, n: int) -> str:
@@ -106,30 +123,34 @@ class LocalAgents:
         return "\n".join(f"  {line}" for line in lines[-LOG_TAIL_LINES:]) or "  (empty log)"
 
     def stop(self, timeout_s: float) -> list[int]:
-        """Drain every agent; kill those still alive after `timeout_s`. Returns exit codes."""
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
+        """Drain every agent; kill those still alive after `timeout_s`. Returns one code per
+        agent: 0 when it drained and exited, -9 when it had to be killed."""
+        if self.provider is None:
+            return []
+        self.provider.stop_gently(list(self.ids.values()))
         deadline = time.monotonic() + timeout_s
+        left = self._alive()
         try:
-            for proc in self.procs:
-                _wait(proc, deadline)
+            while left and time.monotonic() < deadline:
+                time.sleep(0.02)
+                left = self._alive()
         except KeyboardInterrupt:  # a second Ctrl-C: do not wait for the drain
-            pass
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        codes, self.procs = [p.returncode for p in self.procs], []
-        return codes
+            left = self._alive()
+        if left:
+            self.provider.terminate(left)
+        self._record_end(set(left))
+        return [-9 if pid in left else 0 for pid in self.ids.values()]
+
+    def _record_end(self, killed: set[str]) -> None:
+        from clobi.model.instances import InstanceState
+
+        assert self.store is not None
+        for instance_id, pid in self.ids.items():
+            why = "killed after the run" if pid in killed else "the run is over"
+            self.store.set_instance(instance_id, InstanceState.TERMINATED, why)
+        self.store.close()
+        self.store, self.provider = None, None
 
     def remove_logs(self) -> None:
         for log in self.logs:
             log.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):  # kept when other runs still have logs there
-            (self.root / "logs").rmdir()
-
-
-def _wait(proc: subprocess.Popen[bytes], deadline: float) -> None:
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=max(0.0, deadline - time.monotonic()))

@@ -203,12 +203,7 @@ class Manager:
                 self.store.set_instance(answer.instance_id, InstanceState.FAILED, answer.error)
                 self._revoke(tokens.get(answer.instance_id, ""))
             else:
-                self.store.set_instance(
-                    answer.instance_id,
-                    InstanceState.BOOTING,
-                    "launched",
-                    provider_id=answer.provider_id,
-                )
+                record_launch(self.store, answer.instance_id, answer.provider_id)
 
     def _bootstrap(self, pool: PoolSpec, instance_id: int) -> str:
         """A single-use token for the instance's agent (only when it joins a server)."""
@@ -379,3 +374,22 @@ def join_info(session: Session, store: Store, url: str | None) -> JoinInfo:
     return JoinInfo(
         url=url, session_root=session.root, python=sys.executable, session_id=session_id(store)
     )
+
+
+def record_launch(store: Store, instance_id: int, provider_id: str) -> None:
+    """The provider has the machine: `booting`, unless its agent was quicker and already
+    joined (then it stays `running`); either way its provider id is kept."""
+    if not store.set_instance(
+        instance_id,
+        InstanceState.BOOTING,
+        "launched",
+        provider_id=provider_id,
+        expect=(InstanceState.REQUESTED,),
+    ):
+        store.set_instance(
+            instance_id,
+            InstanceState.RUNNING,
+            "its agent joined",
+            provider_id=provider_id,
+            expect=(InstanceState.RUNNING,),
+        )

@@ -10,6 +10,7 @@ Settings: `python` (the interpreter that runs the agents; default: the manager's
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -76,6 +77,14 @@ class LocalProvider(Provider):
                 pid: ProviderState.RUNNING if pid in book.machines else ProviderState.GONE
                 for pid in provider_ids
             }
+
+    def stop_gently(self, provider_ids: Sequence[str]) -> None:
+        """SIGTERM each agent: it drains (takes no new job, finishes its jobs) and exits."""
+        with self.state.edit() as book:
+            for pid in provider_ids:
+                machine = book.machines.get(pid)
+                if machine is not None:
+                    localproc.signal_machine(machine, signal.SIGTERM)
 
     def terminate(self, provider_ids: Sequence[str]) -> None:
         """SIGKILL each agent with every process it started (jobs included)."""

@@ -274,6 +274,11 @@ def kill_tree(machine: Machine) -> None:
         time.sleep(0.005)
 
 
+def signal_machine(machine: Machine, sig: int) -> bool:
+    """Send `sig` to the machine's process if it is still the one we started (False: gone)."""
+    return _signal_if_same(machine, sig)
+
+
 def _signal_if_same(machine: Machine, sig: int) -> bool:
     """Signal the machine's process if it is still the one we started; False when gone.
     A pidfd pins the process, so a pid recycled between check and signal is never hit."""

@@ -245,7 +245,7 @@ DELETE FROM log_tails WHERE attempt_id IN (SELECT id FROM attempts WHERE job_id 
 
 -- name: link_instance
 UPDATE instances SET agent_id = :agent_id, state = 'running', ready_at = :now,
-    reason = 'its agent joined'
+    launched_at = coalesce(launched_at, :now), reason = 'its agent joined'
 WHERE id = :instance_id AND state IN ('requested', 'booting');
 
 -- name: insert_instance
@@ -255,7 +255,7 @@ VALUES (:pool, :provider, 'requested', :cost_per_hour, :now, :reason);
 -- name: set_instance
 UPDATE instances SET state = :state, reason = :reason,
     provider_id = coalesce(:provider_id, provider_id),
-    launched_at = CASE WHEN :state = 'booting' AND launched_at IS NULL THEN :now
+    launched_at = CASE WHEN :state IN ('booting', 'running') AND launched_at IS NULL THEN :now
                        ELSE launched_at END,
     ended_at = CASE WHEN :state IN ('terminated', 'failed') THEN :now ELSE ended_at END
 WHERE id = :instance_id AND state IN ({expect});

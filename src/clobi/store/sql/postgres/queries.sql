@@ -125,7 +125,7 @@ RETURNING id;
 -- name: set_instance
 UPDATE instances SET state = :state, reason = :reason,
     provider_id = coalesce(CAST(:provider_id AS text), provider_id),
-    launched_at = CASE WHEN CAST(:state AS text) = 'booting' AND launched_at IS NULL
+    launched_at = CASE WHEN CAST(:state AS text) IN ('booting', 'running') AND launched_at IS NULL
                        THEN CAST(:now AS double precision) ELSE launched_at END,
     ended_at = CASE WHEN CAST(:state AS text) IN ('terminated', 'failed')
                     THEN CAST(:now AS double precision) ELSE ended_at END
@@ -136,3 +136,9 @@ UPDATE agents SET last_seen = :now,
     idle_since = CASE WHEN CAST(:busy AS integer) <> 0 THEN NULL
                       ELSE coalesce(idle_since, CAST(:now AS double precision)) END
 WHERE id = :agent_id AND state != 'gone';
+
+-- name: link_instance
+UPDATE instances SET agent_id = :agent_id, state = 'running', ready_at = :now,
+    launched_at = coalesce(launched_at, CAST(:now AS double precision)),
+    reason = 'its agent joined'
+WHERE id = :instance_id AND state IN ('requested', 'booting');

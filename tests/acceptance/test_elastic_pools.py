@@ -141,7 +141,7 @@ def test_a_burst_grows_the_cloud_pool_at_once_and_shrinks_it_back_when_idle(
         first = min(e.ts for e in events if e.kind.startswith("manager_"))
         cloud = [e for e in events if e.kind == "manager_launch" and "pool cloud:" in e.detail]
         assert cloud[0].ts - first < 1.0, "the cloud pool did not grow in the first tick"
-        assert cloud[0].ts - manager.started < 10.0
+        assert cloud[0].ts - manager.started < 30.0  # (a loaded machine starts Python slowly)
 
         wait_for(
             "all 300 jobs done",

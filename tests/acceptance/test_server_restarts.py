@@ -264,7 +264,9 @@ def test_two_servers_on_one_database_behave_as_one(deployment: Deployment) -> No
 
         for client in (via_a, via_b):
             counts = client.wait(from_a + from_b + long_job, timeout_s=60)
-            assert counts[JobState.SUCCEEDED] == 10 and counts[JobState.CANCELLED] == 1, counts
+            why = [(j.id, j.state.value, j.reason) for j in client.list(ids=from_a + from_b)]
+            assert counts[JobState.SUCCEEDED] == 10, (counts, why, deployment.logs()[-6000:])
+            assert counts[JobState.CANCELLED] == 1, counts
 
         ran_on: set[str] = set()
         for tag, ids, reader in (("a", from_a, via_b), ("b", from_b, via_a)):

@@ -7,9 +7,9 @@ named with the extra that provides it).
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -158,14 +158,15 @@ def load_session(directory: Path | str, token: str | None = None) -> Session:
     directory = Path(directory).expanduser().resolve()
     config = directory / CONFIG_NAME
     try:
-        data = tomllib.loads(config.read_text(encoding="utf-8"))
+        text = config.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SessionError(
             f"{directory}: not a Clobi session (no {CONFIG_NAME}); "
             f"create one with `clobi session init {directory}`"
         ) from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except OSError as exc:
         raise SessionError(f"{config}: {exc}") from None
+    data = _parse_config(text, config)
     table = data.get("session", {})
     return Session(
         root=directory,
@@ -212,6 +213,33 @@ def _settings(table: Mapping[str, Any], config: Path) -> Settings:
     if settings.heartbeat_s * 2 > settings.lease_s:
         raise SessionError(f"{config}: agent.heartbeat_s must be at most half of agent.lease_s")
     return settings
+
+
+def _parse_config(text: str, config: Path) -> dict[str, Any]:
+    """clobi.toml as data. A file as `init_session` wrote it is known without parsing: every
+    command reads it, and importing tomllib costs ~2 ms of a `clobi ls`."""
+    if text == _default_config_text():
+        return _default_config()
+    import tomllib
+
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SessionError(f"{config}: {exc}") from None
+
+
+@cache
+def _default_config_text() -> str:
+    return _config_text(Settings())
+
+
+def _default_config() -> dict[str, Any]:
+    """What tomllib reads from `_default_config_text()` (a unit test holds them together)."""
+    defaults = Settings()
+    return {
+        "session": {"store": "sqlite:clobi.db", "sandbox": "file:sandbox"},
+        "agent": {f.name: getattr(defaults, f.name) for f in fields(Settings)},
+    }
 
 
 def _config_text(settings: Settings) -> str:

@@ -278,7 +278,7 @@ class Agent:
             if a.claim.input_sha256 is None:
                 att.start(a, self.sandbox, self.dirs)
             else:
-                with self._leases_kept():  # an input download can outlast the lease
+                with self._leases_kept(a):  # an input download can outlast the lease
                     att.start(a, self.sandbox, self.dirs)
             if a.proc is None:
                 self._move_to_done(a)
@@ -306,10 +306,13 @@ class Agent:
         return a.outcome
 
     @contextlib.contextmanager
-    def _leases_kept(self) -> Iterator[None]:
+    def _leases_kept(self, starting: att.Attempt | None = None) -> Iterator[None]:
         """Around a transfer that may outlast the lease: the keeper renews every held
-        attempt's lease meanwhile, and the loop takes its renewals over afterwards."""
+        attempt's lease meanwhile (and that of the attempt `starting`, between the backlog
+        and the running ones), and the loop takes its renewals over afterwards."""
         held = [*self.running.values(), *self.backlog, *self.done]
+        if starting is not None:
+            held.append(starting)
         with self.keeper.covering([a.id for a in held]):
             yield
         for a in held:

@@ -26,7 +26,8 @@ import pytest
 from clobi.errors import ConfigError, ProviderError
 from clobi.manager.plan import ProviderState
 from clobi.manager.providers.base import JoinInfo, LaunchRequest
-from clobi.manager.providers.ssh import SshHost, SshProvider, _remote_source, parse_settings
+from clobi.manager.providers.ssh import SshHost, SshProvider, parse_settings
+from clobi.manager.providers.ssh_remote import source as _remote_source
 from clobi.model.pools import PoolSpec
 from tests.acceptance.harness import fast_session
 from tests.sshd import Sshd, keypair, running_sshd

@@ -19,6 +19,7 @@ import pytest
 
 from clobi.manager.providers.simulated import request_preemption
 from clobi.model.instances import InstanceState
+from clobi.model.records import JobFilter
 from clobi.model.states import JobState
 from clobi.session import Session
 from tests.acceptance.harness import clobi, fast_session
@@ -381,4 +382,56 @@ def test_a_server_runs_the_manager_and_its_machines_join_with_single_use_tokens(
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
+        store.close()
+
+
+def test_a_launch_a_crashed_manager_recorded_but_never_made_is_made_by_the_next(
+    pools_session: Session, tmp_path: Path
+) -> None:
+    session = pools_session
+    declare(session, HAND.replace("min = 2", "min = 1"))
+    store = session.open_store()
+    try:
+        # what a manager leaves when it dies between recording a launch and asking for it
+        orphan = store.create_instance("cloud", "simulated", 0.0, "min 1")
+        time.sleep(1.2)  # older than two ticks
+        once = clobi("manager", "--once", "--session", str(session.root))
+        assert once.returncode == 0, once.stderr
+        (record,) = store.list_instances("cloud")
+        assert record.id == orphan.id and record.provider_id  # the same instance, made now
+        wait_for("its agent", lambda: len(store.list_agents()) == 1, 20, tmp_path / "none")
+        assert store.list_agents()[0].instance_id == orphan.id
+    finally:
+        store.close()
+
+
+def test_a_manager_killed_mid_burst_is_replaced_and_nothing_is_lost_or_doubled(
+    pools_session: Session, tmp_path: Path
+) -> None:
+    session = pools_session
+    declare(session, ONE_CLOUD.replace("max = 2", "max = 3"))
+    root = str(session.root)
+    clobi("submit", "--session", root, "-n", "60", "--", "sleep", "0.5")
+    store = session.open_store()
+    first = Manager(session, tmp_path / "first.log")
+    try:
+        wait_for("a launch", lambda: _launched(store, "cloud") >= 1, 15, first.log)
+        first.proc.kill()  # kill -9: no chance to clean up
+        first.proc.wait()
+        second = Manager(session, tmp_path / "second.log")
+        try:
+            wait_for(
+                "all 60 jobs",
+                lambda: store.count_states().get(JobState.SUCCEEDED, 0) == 60,
+                90,
+                second.log,
+            )
+        finally:
+            assert second.stop() == 0
+        launched = store.list_instances("cloud", include_ended=True)
+        assert len(launched) <= 3 + 1, launched  # the max, plus at most one replaced
+        for job in store.list_jobs(JobFilter(limit=None)):
+            states = [a.state.value for a in store.attempts(job.id)]
+            assert states.count("succeeded") == 1, (job.id, states)
+    finally:
         store.close()

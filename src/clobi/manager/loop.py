@@ -105,6 +105,7 @@ class Manager:
         self._report_config_error()
         self._sync_providers(config)
         now = time.time()
+        self._resume_launches(now - 2 * config.settings.tick_s)
         self._carry_out_user_kills()
         observation = self.observe(config, now)
         decision = decide(observation)
@@ -204,6 +205,31 @@ class Manager:
                 self._revoke(tokens.get(answer.instance_id, ""))
             else:
                 record_launch(self.store, answer.instance_id, answer.provider_id)
+
+    def _resume_launches(self, before: float) -> None:
+        """Instances recorded as requested, by a manager that stopped before it heard the
+        provider's answer: asked for again. Providers answer a launch of an instance they
+        already started with that machine (none is started twice)."""
+        stale = [
+            r
+            for r in self.store.list_instances()
+            if r.state is InstanceState.REQUESTED and not r.provider_id and r.created_at < before
+        ]
+        for pool, group in _by_pool(stale):
+            spec = self.pools.specs.get(pool)
+            if spec is None or pool not in self.pools.providers:
+                continue
+            requests = [LaunchRequest(r.id, self._bootstrap(spec, r.id)) for r in group]
+            try:
+                answers = self.pools.providers[pool].launch(requests)
+            except ProviderError as exc:
+                log.warning("pool %s: cannot resume launches (tried again): %s", pool, exc)
+                continue
+            for answer in answers:
+                if answer.error:
+                    self.store.set_instance(answer.instance_id, InstanceState.FAILED, answer.error)
+                else:
+                    record_launch(self.store, answer.instance_id, answer.provider_id)
 
     def _bootstrap(self, pool: PoolSpec, instance_id: int) -> str:
         """A single-use token for the instance's agent (only when it joins a server)."""

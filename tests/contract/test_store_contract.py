@@ -11,7 +11,7 @@ import pytest
 from clobi.errors import Conflict, NotFound
 from clobi.model.auth import Role, TokenRecord
 from clobi.model.instances import InstanceState
-from clobi.model.records import JobFilter, Outcome
+from clobi.model.records import Event, JobFilter, Outcome
 from clobi.model.spec import Retries
 from clobi.model.states import AttemptState, JobState
 from clobi.store.base import LOG_TAIL_MAX_BYTES, ClaimRequest, LogTail, Store
@@ -523,3 +523,146 @@ def test_manager_events_and_kept_values_are_stored(store: Store) -> None:
     store.set_meta("manager.idle_votes", '{"cloud": 1}')
     store.set_meta("manager.idle_votes", '{"cloud": 2}')
     assert store.get_meta("manager.idle_votes") == '{"cloud": 2}'
+
+
+# --- event outlets: the outbox ----------------------------------------------------------------
+def _taken(store: Store, outlet: str) -> list[tuple[int | None, str]]:
+    return [(d.event.job_id, d.event.kind) for d in store.take_deliveries(outlet)]
+
+
+def test_no_event_is_queued_for_an_outlet_before_it_is_enabled(store: Store) -> None:
+    store.submit(make_submission())
+    assert store.enable_outlet("amqp") is True
+    assert store.take_deliveries("amqp") == []
+    (job,) = store.submit(make_submission())
+    assert _taken(store, "amqp") == [(job, "submitted")]
+    assert store.take_deliveries("webhook:other") == []
+
+
+def test_an_outlet_takes_each_job_s_events_in_order_with_their_fields(store: Store) -> None:
+    store.enable_outlet("amqp")
+    jobs = store.submit(make_submission(count=2))
+    agent = store.register_agent(make_agent())
+    claims = claim(store, agent, limit=2)
+    store.finish(agent, [ok(c.attempt_id) for c in claims])
+    taken = store.take_deliveries("amqp")
+    ids = [d.event.id for d in taken]
+    assert ids == sorted(ids) and taken == store.take_deliveries("amqp")  # taking keeps them
+    assert [d.event for d in taken] == store.events(after_id=ids[0] - 1)
+    for job in jobs:
+        kinds = [d.event.kind for d in taken if d.event.job_id == job]
+        assert kinds == ["submitted", "started", "succeeded"]
+    succeeded = next(d.event for d in taken if d.event.kind == "succeeded")
+    assert (succeeded.from_state, succeeded.to_state, succeeded.agent_id) == (
+        "running",
+        "succeeded",
+        agent,
+    )
+    assert [d.event.kind for d in taken if d.event.job_id is None] == ["agent_up"]
+    assert {(d.outlet, d.attempts, d.error) for d in taken} == {("amqp", 0, "")}
+
+
+def test_delivered_events_leave_the_outbox_of_that_outlet_only(store: Store) -> None:
+    store.enable_outlet("amqp")
+    store.enable_outlet("webhook:billing")
+    store.submit(make_submission(count=3))
+    first = [d.event.id for d in store.take_deliveries("amqp", limit=2)]
+    assert len(first) == 2
+    store.mark_delivered("amqp", first)
+    rest = [d.event.id for d in store.take_deliveries("amqp")]
+    assert len(rest) == 1 and rest[0] > first[-1]
+    assert len(store.take_deliveries("webhook:billing")) == 3
+    store.mark_delivered("amqp", rest)
+    store.mark_delivered("amqp", rest)  # again: nothing left to delete, no error
+    assert store.take_deliveries("amqp") == []
+
+
+def test_a_failed_delivery_holds_back_the_ones_after_it_until_its_next_try(store: Store) -> None:
+    store.enable_outlet("hook")
+    store.submit(make_submission(count=3))
+    head, *_ = store.take_deliveries("hook")
+    store.mark_failed("hook", head.event.id, 0.5, "HTTP 503 from https://example.org/hook")
+    assert store.take_deliveries("hook") == []
+    (status,) = store.list_outlets()
+    assert status.pending == 3 and status.head is not None
+    assert status.head.attempts == 1 and status.head.error.startswith("HTTP 503")
+    assert status.head.next_try > time.time()
+    time.sleep(0.6)
+    again = store.take_deliveries("hook")
+    assert [d.event.id for d in again][:1] == [head.event.id] and len(again) == 3
+    assert again[0].attempts == 1 and again[1].attempts == 0
+
+
+def test_disabling_an_outlet_drops_its_backlog_and_stops_queueing(store: Store) -> None:
+    assert store.enable_outlet("amqp") is True
+    assert store.enable_outlet("amqp") is False  # already enabled
+    store.submit(make_submission(count=2))
+    assert store.disable_outlet("amqp") == 2
+    store.submit(make_submission())
+    assert store.take_deliveries("amqp") == []
+    (status,) = store.list_outlets()
+    assert (status.name, status.enabled, status.pending, status.head) == ("amqp", False, 0, None)
+    assert store.enable_outlet("amqp") is True
+    (job,) = store.submit(make_submission())
+    assert _taken(store, "amqp") == [(job, "submitted")]
+    assert store.disable_outlet("never-enabled") == 0
+
+
+def test_writers_racing_a_deliverer_lose_no_event_and_keep_each_job_s_order(
+    store_factory: Callable[[], Store],
+) -> None:
+    deliverer = store_factory()
+    deliverer.enable_outlet("amqp")
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    writers = [
+        threading.Thread(target=_submit_and_run, args=(store_factory(), stop, errors))
+        for _ in range(3)
+    ]
+    for t in writers:
+        t.start()
+    delivered: list[Event] = []
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        _deliver(deliverer, delivered)
+    stop.set()
+    for t in writers:
+        t.join()
+    while _deliver(deliverer, delivered):
+        pass
+    assert errors == []
+    ids = [e.id for e in delivered]
+    assert sorted(ids) == [e.id for e in _all_events(deliverer)] and len(set(ids)) == len(ids)
+    per_job: dict[int, list[int]] = {}
+    for e in delivered:
+        if e.job_id is not None:
+            per_job.setdefault(e.job_id, []).append(e.id)
+    assert len(per_job) >= 3 and [j for j, ids in per_job.items() if ids != sorted(ids)] == []
+    assert [j for j, ids in per_job.items() if len(ids) not in (1, 3)] == []  # (1: still queued)
+
+
+def _submit_and_run(writer: Store, stop: threading.Event, errors: list[BaseException]) -> None:
+    try:
+        agent = writer.register_agent(make_agent())
+        while not stop.is_set():
+            writer.submit(make_submission(count=3))
+            claims = claim(writer, agent, limit=3, cpus=3)
+            writer.finish(agent, [ok(c.attempt_id) for c in claims])
+    except BaseException as exc:
+        errors.append(exc)
+
+
+def _deliver(store: Store, delivered: list[Event]) -> int:
+    batch = store.take_deliveries("amqp", limit=50)
+    delivered += [d.event for d in batch]
+    store.mark_delivered("amqp", [d.event.id for d in batch])
+    return len(batch)
+
+
+def _all_events(store: Store) -> list[Event]:
+    found: list[Event] = []
+    after = 0
+    while page := store.events(after_id=after):
+        found += page
+        after = page[-1].id
+    return found

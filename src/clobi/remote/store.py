@@ -38,7 +38,7 @@ from clobi.remote import wire
 from clobi.remote.http import Connection
 from clobi.remote.sandbox import output_key
 from clobi.remote.wakeup import RemoteWakeup
-from clobi.store.base import ClaimRequest, LogTail, Store, Wakeup
+from clobi.store.base import ClaimRequest, Delivery, LogTail, OutletStatus, Store, Wakeup
 
 PAGE = 1000
 IDS_PER_REQUEST = 500
@@ -283,6 +283,25 @@ class RemoteStore(Store):
     def use_bootstrap(self, token_id: str) -> bool:
         raise Forbidden("bootstrap tokens are spent by the server when an agent joins")
 
+    # --- event outlets: they run beside the database, not over HTTP --------------------------
+    def enable_outlet(self, name: str) -> bool:
+        raise _outlets_only()
+
+    def disable_outlet(self, name: str) -> int:
+        raise _outlets_only()
+
+    def take_deliveries(self, outlet: str, limit: int = 100) -> list[Delivery]:
+        raise _outlets_only()
+
+    def mark_delivered(self, outlet: str, event_ids: Sequence[int]) -> None:
+        raise _outlets_only()
+
+    def mark_failed(self, outlet: str, event_id: int, retry_in_s: float, error: str) -> None:
+        raise _outlets_only()
+
+    def list_outlets(self) -> list[OutletStatus]:
+        raise _outlets_only()
+
     def close(self) -> None:
         for wakeup in self._wakeups:
             wakeup.close()
@@ -293,4 +312,11 @@ def _manager_only(what: str) -> UsageError:
     return UsageError(
         f"{what} is the resource manager's work: run it where the session's database is "
         "(clobi server or clobi manager with --session DIR or a database URL)"
+    )
+
+
+def _outlets_only() -> UsageError:
+    return UsageError(
+        "event outlets run where the session's database is (clobi server, or clobi outlets "
+        "run with --session DIR), not over a server's URL"
     )

@@ -262,6 +262,38 @@ class Store(ABC):
     def use_bootstrap(self, token_id: str) -> bool:
         """Spend a usable bootstrap token, atomically: True exactly once."""
 
+    # --- event outlets: the outbox -----------------------------------------------------------
+    @abstractmethod
+    def enable_outlet(self, name: str) -> bool:
+        """Queue every event inserted from now on for delivery to the outlet `name` (created
+        when new); True if it was not enabled before. Events older than that are not queued."""
+
+    @abstractmethod
+    def disable_outlet(self, name: str) -> int:
+        """Stop queueing events for the outlet and drop its pending deliveries; return how
+        many were dropped."""
+
+    @abstractmethod
+    def take_deliveries(self, outlet: str, limit: int = 100) -> list[Delivery]:
+        """The outlet's oldest pending deliveries (at most `limit`), in event id order, up to
+        the first that is not due yet: a delivery that failed holds back the ones after it
+        until its next try, so an outlet gets each job's events in order. Nothing is locked:
+        one deliverer per outlet (elected with `try_lock`) takes and marks them."""
+
+    @abstractmethod
+    def mark_delivered(self, outlet: str, event_ids: Sequence[int]) -> None:
+        """The outlet has taken these events (the broker confirmed them, the receiver
+        answered 2xx): delete their deliveries."""
+
+    @abstractmethod
+    def mark_failed(self, outlet: str, event_id: int, retry_in_s: float, error: str) -> None:
+        """Delivering the event failed (`error`, with no secret in it): count the attempt
+        and try again in `retry_in_s` seconds, not before."""
+
+    @abstractmethod
+    def list_outlets(self) -> list[OutletStatus]:
+        """Every outlet the store knows, enabled or not, by name, with its backlog."""
+
     def listen(self, name: str) -> Wakeup | None:
         """Subscribe to wake-ups for new work (None: the engine has none; poll instead)."""
         return None
@@ -269,3 +301,26 @@ class Store(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release connections."""
+
+
+# --- event outlets: the outbox ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Delivery:
+    """An event waiting in the outbox for one outlet, and how its delivery went so far."""
+
+    outlet: str
+    event: Event
+    attempts: int = 0  # failed tries so far
+    next_try: float = 0.0  # not before this time (epoch seconds)
+    error: str = ""  # why the last try failed
+
+
+@dataclass(frozen=True)
+class OutletStatus:
+    """An outlet of the store: whether events are queued for it, and its backlog."""
+
+    name: str
+    enabled: bool
+    since: float  # when it was last enabled or disabled
+    pending: int  # events waiting for it
+    head: Delivery | None = None  # the oldest of them: the one a failing delivery holds back

@@ -24,13 +24,14 @@ from clobi.store.sqlcore import Cursor
 from clobi.store.sqlinstances import SqlInstances
 from clobi.store.sqljobs import SqlJobs
 from clobi.store.sqllogs import SqlLogs
+from clobi.store.sqloutbox import SqlOutbox
 from clobi.store.sqltokens import SqlTokens
 from clobi.store.sqlwork import SqlWork
 
 BUSY_TIMEOUT_S = 120.0
 
 
-class SqliteStore(SqlJobs, SqlWork, SqlTokens, SqlLogs, SqlInstances, Store):
+class SqliteStore(SqlJobs, SqlWork, SqlTokens, SqlLogs, SqlInstances, SqlOutbox, Store):
     """Store engine over one SQLite database file."""
 
     def __init__(self, path: Path) -> None:
@@ -145,7 +146,11 @@ def migrate(conn: sqlite3.Connection) -> int:
 
 
 def _exec_script(conn: sqlite3.Connection, sql: str) -> None:
-    for statement in sql.split(";"):
+    statement = ""
+    for part in sql.split(";"):
+        statement += part + ";"
         body = "\n".join(line for line in statement.splitlines() if not line.startswith("--"))
-        if body.strip():
-            conn.execute(body)
+        if sqlite3.complete_statement(body):  # not inside a trigger's BEGIN … END yet
+            if body.strip(" \n;"):
+                conn.execute(body)
+            statement = ""

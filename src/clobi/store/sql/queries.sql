@@ -288,3 +288,33 @@ SELECT value FROM meta WHERE key = :key;
 -- name: set_meta
 INSERT INTO meta (key, value, updated_at) VALUES (:key, :value, :now)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at;
+
+-- name: enable_outlet
+-- Event outlets: the outbox is filled by the trigger events_outbox (migration 0005).
+INSERT INTO outlets (name, enabled, updated_at) VALUES (:name, 1, :now)
+ON CONFLICT (name) DO UPDATE SET enabled = 1, updated_at = excluded.updated_at
+WHERE outlets.enabled = 0;
+
+-- name: disable_outlet
+UPDATE outlets SET enabled = 0, updated_at = :now WHERE name = :name;
+
+-- name: drop_deliveries
+DELETE FROM outbox WHERE outlet = :outlet;
+
+-- name: take_deliveries
+SELECT o.event_id, o.attempts, o.next_try, o.error,
+       e.ts, e.job_id, e.attempt_id, e.agent_id, e.kind, e.from_state, e.to_state, e.detail
+FROM outbox o JOIN events e ON e.id = o.event_id
+WHERE o.outlet = :outlet ORDER BY o.event_id LIMIT :limit;
+
+-- name: delete_deliveries
+DELETE FROM outbox WHERE outlet = :outlet AND event_id IN ({ids});
+
+-- name: delivery_failed
+UPDATE outbox SET attempts = attempts + 1, next_try = :next_try, error = :error
+WHERE outlet = :outlet AND event_id = :event_id;
+
+-- name: select_outlets
+SELECT l.name, l.enabled, l.updated_at, count(o.event_id)
+FROM outlets l LEFT JOIN outbox o ON o.outlet = l.name
+GROUP BY l.name, l.enabled, l.updated_at ORDER BY l.name;

@@ -157,3 +157,29 @@ CREATE TABLE meta (
     value text NOT NULL,
     updated_at double precision NOT NULL
 );
+
+-- Event outlets (0005): the trigger queues each new event for every enabled outlet.
+CREATE TABLE outlets (
+    name text PRIMARY KEY,
+    enabled integer NOT NULL DEFAULT 1,
+    updated_at double precision NOT NULL
+);
+
+CREATE TABLE outbox (
+    outlet text NOT NULL,
+    event_id bigint NOT NULL,
+    attempts integer NOT NULL DEFAULT 0,
+    next_try double precision NOT NULL DEFAULT 0,
+    error text NOT NULL DEFAULT '',
+    PRIMARY KEY (outlet, event_id)
+);
+
+CREATE FUNCTION clobi_outbox_fill() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO outbox (outlet, event_id) SELECT name, NEW.id FROM outlets WHERE enabled = 1;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER events_outbox AFTER INSERT ON events
+    FOR EACH ROW EXECUTE FUNCTION clobi_outbox_fill();

@@ -100,14 +100,29 @@ class Client:
         limit: int | None = 100,
         after_id: int = 0,
         ids: Sequence[int] = (),
+        *,
+        owner: str | None = None,
+        text: str | None = None,
+        sort: str = "id",
+        descending: bool = False,
+        after_value: float | str | None = None,
+        offset: int = 0,
     ) -> builtins.list[JobRecord]:
-        """Jobs in id order, filtered by states and tags (all tags must match)."""
+        """Jobs filtered by states, tags (all must match), `owner` and `text` (a substring of
+        the name, any case), in `sort` order (see `JobFilter`; default: id order). Pages:
+        `after_id` (+ `after_value` for keyed sorts) of the last job seen, or `offset`."""
         flt = JobFilter(
             states=frozenset(JobState(s) for s in states),
             tags=frozenset(tags),
             ids=tuple(ids),
-            limit=limit,
+            owner=owner,
+            text=text,
+            sort=sort,
+            descending=descending,
             after_id=after_id,
+            after_value=after_value,
+            offset=offset,
+            limit=limit,
         )
         return self.store.list_jobs(flt)
 

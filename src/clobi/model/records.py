@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from clobi.errors import UsageError
 from clobi.model.spec import JobSpec
 from clobi.model.states import AttemptState, JobState
 
@@ -183,7 +184,19 @@ class OutputRef:
 
 @dataclass(frozen=True)
 class JobFilter:
-    """Which jobs a listing returns, newest last; `after_id` pages forward."""
+    """Which jobs a listing returns, and in which order.
+
+    Filters: `states` (any of), `tags` (all of), `ids`, `owner`, `text` (a case-insensitive
+    substring of the name; `%` and `_` match themselves). Order: by `sort`, one of
+    `JOB_SORTS` (`created` is the id order: ids are handed out as jobs are created; `state`
+    goes by the state's name), ties by id, all reversed when `descending`.
+
+    Pages, either way: a keyset cursor, the previous page's last job (its id as `after_id` and,
+    for `priority`, `state` and `updated`, its value of the sort key as `after_value`), which
+    stays exact while jobs change; or `offset` jobs skipped, to jump to page N (the store walks
+    the skipped jobs). With the id order, `after_id` alone pages as it always did; `after_id` 0
+    means "from the start" in either direction.
+    """
 
     states: frozenset[JobState] = frozenset()
     tags: frozenset[str] = frozenset()
@@ -191,6 +204,29 @@ class JobFilter:
     owner: str | None = None
     after_id: int = 0
     limit: int | None = 100
+    text: str | None = None
+    sort: str = "id"
+    descending: bool = False
+    after_value: int | float | str | None = None
+    offset: int = 0
+
+    def __post_init__(self) -> None:
+        if self.sort not in JOB_SORTS:
+            raise UsageError(f"sort: must be one of {', '.join(JOB_SORTS)}, not {self.sort!r}")
+        if self.offset < 0:
+            raise UsageError("offset: must be 0 or more")
+        if self.sort in KEYED_SORTS and self.after_id > 0 and self.after_value is None:
+            raise UsageError(f"after_value: a page sorted by {self.sort} starts after a value")
+
+    def sort_key(self, job: JobRecord) -> tuple[int | float | str, int]:
+        """Where `job` goes in this filter's order (ascending; reverse when `descending`)."""
+        attribute = {"updated": "updated_at", "created": "id"}.get(self.sort, self.sort)
+        return getattr(job, attribute), job.id
+
+
+# Orders of job listings; a keyset cursor of the keyed ones carries the sort key's value.
+KEYED_SORTS = ("priority", "state", "updated")
+JOB_SORTS = ("id", "created", *KEYED_SORTS)
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,16 @@ does nothing. Token secrets are never sent: `create_token` sends only the sha256
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from clobi.errors import Forbidden, NotFound, UsageError
 from clobi.model.auth import TokenRecord
 from clobi.model.instances import AgentLoad, InstanceRecord, InstanceState, QueuedClass
 from clobi.model.records import (
+    KEYED_SORTS,
     AgentInfo,
     AgentRecord,
     AttemptRecord,
@@ -81,26 +83,33 @@ class RemoteStore(Store):
     def list_jobs(self, flt: JobFilter) -> list[JobRecord]:
         if not flt.ids:
             return self._list_pages(flt, ())
+        # Many ids go in several requests, each for everything up to the end of the page.
+        end = None if flt.limit is None else flt.offset + flt.limit
+        whole = dataclasses.replace(flt, offset=0, limit=end)
         found: list[JobRecord] = []
         ids = sorted(set(flt.ids))
         for i in range(0, len(ids), IDS_PER_REQUEST):
-            found += self._list_pages(flt, ids[i : i + IDS_PER_REQUEST])
-        found.sort(key=lambda j: j.id)
-        return found if flt.limit is None else found[: flt.limit]
+            found += self._list_pages(whole, ids[i : i + IDS_PER_REQUEST])
+        found.sort(key=flt.sort_key, reverse=flt.descending)
+        return found[flt.offset : end]
 
     def _list_pages(self, flt: JobFilter, ids: Sequence[int]) -> list[JobRecord]:
+        """The listing in pages of at most `PAGE`, each after the last job of the one before."""
         params: list[tuple[str, Any]] = [("state", s.value) for s in sorted(flt.states)]
         params += [("tag", t) for t in sorted(flt.tags)] + [("id", i) for i in ids]
+        params += [(k, v) for k, v in (("owner", flt.owner), ("text", flt.text)) if v is not None]
+        params += [("sort", flt.sort), ("desc", str(flt.descending).lower())]
         jobs: list[JobRecord] = []
-        after = flt.after_id
+        cursor = _cursor(flt, flt.after_id, flt.after_value)
+        offset = [("offset", flt.offset)] if flt.offset else []
         while flt.limit is None or len(jobs) < flt.limit:
             want = PAGE if flt.limit is None else min(PAGE, flt.limit - len(jobs))
-            query = [*params, ("after_id", after), ("limit", want)]
+            query = [*params, *cursor, *offset, ("limit", want)]
             page = self.connection.call("GET", "/jobs", params=query, idempotent=True)
             jobs += [wire.job(j) for j in page]
             if len(page) < want:
                 break
-            after = jobs[-1].id
+            cursor, offset = _cursor(flt, jobs[-1].id, flt.sort_key(jobs[-1])[0]), []
         return jobs
 
     def count_states(self, job_ids: Sequence[int] | None = None) -> dict[JobState, int]:
@@ -283,6 +292,23 @@ class RemoteStore(Store):
     def use_bootstrap(self, token_id: str) -> bool:
         raise Forbidden("bootstrap tokens are spent by the server when an agent joins")
 
+    # --- time series: the server samples, anyone reads ------------------------------------
+    def read_series(
+        self, metrics: Sequence[str], since: float, until: float, step_s: int | None = None
+    ) -> dict[str, list[tuple[float, float]]]:
+        query: list[tuple[str, Any]] = [("metric", m) for m in dict.fromkeys(metrics)]
+        query += [("since", since), ("until", until)]
+        if step_s is not None:
+            query.append(("step", step_s))
+        found = self.connection.call("GET", "/series", params=query, idempotent=True)
+        return {m: [(float(t), float(v)) for t, v in found.get(m, [])] for m in metrics}
+
+    def record_samples(self, ts: float, values: Mapping[str, float]) -> None:
+        raise _server_only("recording time series")
+
+    def count_finished(self, after_event_id: int | None) -> tuple[int, int]:
+        raise _server_only("sampling finished jobs")
+
     # --- event outlets: they run beside the database, not over HTTP --------------------------
     def enable_outlet(self, name: str) -> bool:
         raise _outlets_only()
@@ -308,10 +334,25 @@ class RemoteStore(Store):
         self.connection.close()
 
 
+def _cursor(flt: JobFilter, after_id: int, value: object) -> list[tuple[str, Any]]:
+    """The query parameters of a listing's keyset cursor (none: from the start)."""
+    if after_id <= 0:
+        return []
+    if flt.sort not in KEYED_SORTS:
+        return [("after_id", after_id)]
+    return [("after_id", after_id), ("after_value", value)]
+
+
 def _manager_only(what: str) -> UsageError:
     return UsageError(
         f"{what} is the resource manager's work: run it where the session's database is "
         "(clobi server or clobi manager with --session DIR or a database URL)"
+    )
+
+
+def _server_only(what: str) -> UsageError:
+    return UsageError(
+        f"{what} is the server's work (its sampler): run it where the session's database is"
     )
 
 

@@ -8,8 +8,9 @@ longer the job's current one.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
 from clobi.model.auth import TokenRecord
@@ -90,7 +91,7 @@ class Store(ABC):
 
     @abstractmethod
     def list_jobs(self, flt: JobFilter) -> list[JobRecord]:
-        """Jobs matching `flt`, in id order."""
+        """Jobs matching `flt`, in its order (see `JobFilter`: sorts, cursors, offsets)."""
 
     @abstractmethod
     def count_states(self, job_ids: Sequence[int] | None = None) -> dict[JobState, int]:
@@ -262,6 +263,35 @@ class Store(ABC):
     def use_bootstrap(self, token_id: str) -> bool:
         """Spend a usable bootstrap token, atomically: True exactly once."""
 
+    # --- time series for the dashboard's charts -------------------------------------------
+    @abstractmethod
+    def record_samples(self, ts: float, values: Mapping[str, float]) -> None:
+        """Record one sample of each metric, taken at `ts` (epoch seconds), in one transaction.
+
+        The value goes into the finest archive's bucket holding `ts` (levels and rates replace
+        what the bucket held, counts add to it); then each coarser archive's bucket holding
+        `ts` is recomputed from the finer archive's points inside it (levels and rates: their
+        average; counts: their sum), for every metric with points there. Last, points older
+        than each archive keeps (`bucket < ts - keep_s`) are dropped, whatever their metric:
+        storage stays bounded by the archives, however long the session runs."""
+
+    @abstractmethod
+    def read_series(
+        self, metrics: Sequence[str], since: float, until: float, step_s: int | None = None
+    ) -> dict[str, list[tuple[float, float]]]:
+        """Points `(bucket start, value)` of each metric whose bucket overlaps
+        [`since`, `until`], oldest first; a metric without points maps to `[]`.
+
+        The archive is the finest whose `keep_s` covers `until - since` (the coarsest when
+        none does). With `step_s` (a multiple of some archive's step), the finest such
+        archive covering the span is read and its points are merged into buckets of `step_s`
+        seconds (levels and rates averaged, counts summed); raises `UsageError` otherwise."""
+
+    @abstractmethod
+    def count_finished(self, after_event_id: int | None) -> tuple[int, int]:
+        """How many events with an id above `after_event_id` moved a job into a terminal
+        state, and the newest event id (to pass next time). With None: `(0, newest id)`."""
+
     # --- event outlets: the outbox -----------------------------------------------------------
     @abstractmethod
     def enable_outlet(self, name: str) -> bool:
@@ -301,6 +331,35 @@ class Store(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release connections."""
+
+
+# --- time series for the dashboard's charts ------------------------------------------------
+@dataclass(frozen=True)
+class Archive:
+    """One resolution of the time series: a point per `step_s` seconds, kept for `keep_s`."""
+
+    step_s: int
+    keep_s: int
+
+
+# Finest first; each coarser step is a multiple of the finer one (it is folded from it).
+SERIES_ARCHIVES = (Archive(step_s=10, keep_s=86_400), Archive(step_s=300, keep_s=30 * 86_400))
+
+
+class SeriesKind(StrEnum):
+    """How a metric's points merge into a coarser bucket."""
+
+    LEVEL = "level"  # a quantity at an instant (jobs queued, agents live): averaged
+    RATE = "rate"  # events per second over the step (throughput): averaged
+    COUNT = "count"  # events during the step (jobs finished): summed
+
+
+SERIES_KINDS = {"throughput": SeriesKind.RATE, "finished": SeriesKind.COUNT}
+
+
+def series_kind(metric: str) -> SeriesKind:
+    """How `metric` merges (levels unless named in `SERIES_KINDS`)."""
+    return SERIES_KINDS.get(metric, SeriesKind.LEVEL)
 
 
 # --- event outlets: the outbox ---------------------------------------------------------------

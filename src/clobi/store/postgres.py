@@ -39,6 +39,7 @@ from clobi.store.sqlinstances import SqlInstances
 from clobi.store.sqljobs import SqlJobs
 from clobi.store.sqllogs import SqlLogs
 from clobi.store.sqloutbox import SqlOutbox
+from clobi.store.sqlseries import SqlSeries
 from clobi.store.sqltokens import SqlTokens
 from clobi.store.sqlwork import SqlWork
 
@@ -53,9 +54,13 @@ NS_MIGRATE, NS_ELECTION, NS_SUBMIT = 0x434C4F41 + 1, 0x434C4F41 + 2, 0x434C4F41 
 Conn = psycopg.Connection[Any]
 
 
-class PostgresStore(SqlJobs, SqlWork, SqlTokens, SqlLogs, SqlInstances, SqlOutbox, Store):
+class PostgresStore(
+    SqlJobs, SqlWork, SqlTokens, SqlLogs, SqlInstances, SqlOutbox, SqlSeries, Store
+):
     """Store engine over one PostgreSQL database; one connection per instance (stores are
     used from one thread at a time), plus one per listener and per lock it contends for."""
+
+    LIKE_ANY_CASE = "ILIKE"  # see SqlJobs
 
     def __init__(self, url: str) -> None:
         super().__init__()

@@ -25,13 +25,14 @@ from clobi.store.sqlinstances import SqlInstances
 from clobi.store.sqljobs import SqlJobs
 from clobi.store.sqllogs import SqlLogs
 from clobi.store.sqloutbox import SqlOutbox
+from clobi.store.sqlseries import SqlSeries
 from clobi.store.sqltokens import SqlTokens
 from clobi.store.sqlwork import SqlWork
 
 BUSY_TIMEOUT_S = 120.0
 
 
-class SqliteStore(SqlJobs, SqlWork, SqlTokens, SqlLogs, SqlInstances, SqlOutbox, Store):
+class SqliteStore(SqlJobs, SqlWork, SqlTokens, SqlLogs, SqlInstances, SqlOutbox, SqlSeries, Store):
     """Store engine over one SQLite database file."""
 
     def __init__(self, path: Path) -> None:

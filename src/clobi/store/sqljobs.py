@@ -11,9 +11,19 @@ from clobi.model.spec import JobSpec
 from clobi.model.states import REMOVABLE, JobState
 from clobi.store.sqlcore import SqlCore, attempt_from_row, event_from_row, job_from_row
 
+# The columns of the keyed sorts (the others, `id` and `created`, are the id order).
+SORT_COLUMNS = {"priority": "j.priority", "state": "j.state", "updated": "j.updated_at"}
+# LIMIT for "no limit" with an OFFSET, in a form both engines take.
+ALL_ROWS = 2**63 - 1
+
 
 class SqlJobs(SqlCore):
     """Jobs as users see them."""
+
+    # The operator matching a job's name against a pattern regardless of case: SQLite's LIKE
+    # ignores the case of ASCII letters; PostgreSQL overrides this with ILIKE (whose matches
+    # its planner can estimate, where it cannot for `lower(name) LIKE …`).
+    LIKE_ANY_CASE = "LIKE"
 
     def submit(self, submission: Submission) -> list[int]:
         spec = submission.spec
@@ -76,10 +86,13 @@ class SqlJobs(SqlCore):
             return self._spec(cur, row[0])
 
     def list_jobs(self, flt: JobFilter) -> list[JobRecord]:
-        where, params = _filter_sql(flt)
-        sql = f"{self.q['select_jobs']} WHERE {' AND '.join(where)} ORDER BY j.id"
-        if flt.limit is not None:
-            sql += f" LIMIT {int(flt.limit)}"
+        where, params = _filter_sql(flt, self.LIKE_ANY_CASE)
+        sql = self.q["select_jobs"] + (f" WHERE {' AND '.join(where)}" if where else "")
+        sql += f" ORDER BY {_order_sql(flt)}"
+        if flt.limit is not None or flt.offset:
+            sql += f" LIMIT {ALL_ROWS if flt.limit is None else int(flt.limit)}"
+        if flt.offset:
+            sql += f" OFFSET {int(flt.offset)}"
         with self._tx(write=False) as cur:
             cur.execute(sql, params)
             rows = cur.fetchall()
@@ -219,9 +232,16 @@ def _job_rows(spec: JobSpec, spec_id: int, owner: str, now: float) -> Iterator[d
         yield {**base, "array_index": index}
 
 
-def _filter_sql(flt: JobFilter) -> tuple[list[str], dict[str, Any]]:
-    where = ["j.id > :after_id"]
-    params: dict[str, Any] = {"after_id": flt.after_id}
+def _filter_sql(flt: JobFilter, like: str = "LIKE") -> tuple[list[str], dict[str, Any]]:
+    where: list[str] = []
+    params: dict[str, Any] = {}
+    cursor = _cursor_sql(flt)
+    if cursor is not None:
+        where.append(cursor)
+        params.update(after_id=flt.after_id, after_value=flt.after_value)
+    if flt.text:
+        where.append(f"j.name {like} :text ESCAPE '\\'")
+        params["text"] = f"%{like_escaped(flt.text)}%"
     if flt.states:
         where.append(
             "j.state IN ({})".format(",".join(f"'{JobState(s).value}'" for s in flt.states))
@@ -235,6 +255,28 @@ def _filter_sql(flt: JobFilter) -> tuple[list[str], dict[str, Any]]:
         where.append(f"j.spec_id IN (SELECT spec_id FROM spec_tags WHERE tag = :tag{n})")
         params[f"tag{n}"] = tag
     return where, params
+
+
+def _cursor_sql(flt: JobFilter) -> str | None:
+    """Where the page starts: after the cursor's (sort value, id), in the page's direction."""
+    op = "<" if flt.descending else ">"
+    column = SORT_COLUMNS.get(flt.sort)
+    if column is None:
+        return None if flt.after_id <= 0 else f"j.id {op} :after_id"
+    if flt.after_value is None:
+        return None
+    return f"({column}, j.id) {op} (:after_value, :after_id)"
+
+
+def _order_sql(flt: JobFilter) -> str:
+    way = " DESC" if flt.descending else ""
+    column = SORT_COLUMNS.get(flt.sort)
+    return f"j.id{way}" if column is None else f"{column}{way}, j.id{way}"
+
+
+def like_escaped(text: str) -> str:
+    """`text` for a LIKE pattern with `ESCAPE '\\'`: its `%`, `_` and `\\` match themselves."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _count_in_chunks(cur: Any, job_ids: Sequence[int]) -> list[tuple[str, int]]:

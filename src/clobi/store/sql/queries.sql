@@ -289,6 +289,34 @@ SELECT value FROM meta WHERE key = :key;
 INSERT INTO meta (key, value, updated_at) VALUES (:key, :value, :now)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at;
 
+-- name: set_sample
+INSERT INTO series (metric, step_s, bucket, value) VALUES (:metric, :step_s, :bucket, :value)
+ON CONFLICT (metric, step_s, bucket) DO UPDATE SET value = excluded.value;
+
+-- name: add_sample
+INSERT INTO series (metric, step_s, bucket, value) VALUES (:metric, :step_s, :bucket, :value)
+ON CONFLICT (metric, step_s, bucket) DO UPDATE SET value = series.value + excluded.value;
+
+-- name: series_window
+SELECT metric, value FROM series WHERE step_s = :step_s AND bucket >= :start AND bucket < :end;
+
+-- name: prune_series
+DELETE FROM series WHERE step_s = :step_s AND bucket < :before;
+
+-- name: select_series
+SELECT bucket, value FROM series
+WHERE metric = :metric AND step_s = :step_s AND bucket > :since AND bucket <= :until
+ORDER BY bucket;
+
+-- name: newest_event
+SELECT coalesce(max(id), 0) FROM events;
+
+-- name: count_finished
+SELECT coalesce(sum(CASE WHEN to_state IN ('succeeded', 'failed', 'timed_out', 'cancelled')
+                         THEN 1 ELSE 0 END), 0),
+       coalesce(max(id), :after_id)
+FROM events WHERE id > :after_id;
+
 -- name: enable_outlet
 -- Event outlets: the outbox is filled by the trigger events_outbox (migration 0005).
 INSERT INTO outlets (name, enabled, updated_at) VALUES (:name, 1, :now)

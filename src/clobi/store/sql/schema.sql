@@ -45,6 +45,10 @@ CREATE INDEX jobs_state ON jobs (state, id);
 
 CREATE INDEX jobs_spec ON jobs (spec_id);
 
+CREATE INDEX jobs_owner ON jobs (owner, id);
+
+CREATE INDEX jobs_priority ON jobs (priority, id);
+
 CREATE TABLE attempts (
     id INTEGER PRIMARY KEY,
     job_id INTEGER NOT NULL,
@@ -146,6 +150,16 @@ CREATE TABLE meta (
     value TEXT NOT NULL,
     updated_at REAL NOT NULL
 );
+
+CREATE TABLE series (
+    metric TEXT NOT NULL,
+    step_s INTEGER NOT NULL,
+    bucket INTEGER NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (metric, step_s, bucket)
+) WITHOUT ROWID;
+
+CREATE INDEX series_age ON series (step_s, bucket);
 
 -- Event outlets (0005): the trigger queues each new event for every enabled outlet.
 CREATE TABLE outlets (

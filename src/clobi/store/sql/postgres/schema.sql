@@ -55,6 +55,11 @@ CREATE INDEX jobs_state ON jobs (state, id);
 
 CREATE INDEX jobs_spec ON jobs (spec_id);
 
+-- Job listings: a user's own jobs, and jobs by priority (0006).
+CREATE INDEX jobs_owner ON jobs (owner, id);
+
+CREATE INDEX jobs_priority ON jobs (priority, id);
+
 CREATE TABLE attempts (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     job_id bigint NOT NULL,
@@ -157,6 +162,18 @@ CREATE TABLE meta (
     value text NOT NULL,
     updated_at double precision NOT NULL
 );
+
+-- The dashboard's time series (0006).
+CREATE TABLE series (
+    metric text NOT NULL,
+    step_s integer NOT NULL,
+    bucket bigint NOT NULL,
+    value double precision NOT NULL,
+    PRIMARY KEY (metric, step_s, bucket)
+);
+
+-- Pruning drops an archive's oldest points, whatever their metric.
+CREATE INDEX series_age ON series (step_s, bucket);
 
 -- Event outlets (0005): the trigger queues each new event for every enabled outlet.
 CREATE TABLE outlets (

@@ -82,6 +82,7 @@ ROUTES = (
     Route("GET", "/api/v1/jobs/{job}/log?stream=stdout", "user-job"),
     Route("POST", "/api/v1/agents/{agent}/drain", "admin", {"drain": True}),
     Route("POST", "/api/v1/agents/{agent}/exit", "agent"),
+    Route("GET", "/api/v1/series?metric=jobs.queued", "user"),
 )
 
 

@@ -15,8 +15,9 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from clobi import __version__
-from clobi.api import admin, agents, errors, files, jobs, logs, pools
+from clobi.api import admin, agents, errors, files, jobs, logs, pools, series
 from clobi.api.deps import ServerState
+from clobi.api.sampler import Sampler
 from clobi.api.sweeper import Sweeper
 from clobi.api.wakeups import Doorbell
 from clobi.sandbox.base import SandboxStore
@@ -39,18 +40,20 @@ Every route except `/health` and `/ready` needs `Authorization: Bearer <token>`.
 def create_app(
     store: Store, sandbox: SandboxStore, settings: Settings, *, sweep: bool = True
 ) -> FastAPI:
-    """A FastAPI app serving `store` and `sandbox`. With `sweep`, it runs the sweeper (one
-    replica at a time sweeps, elected through the store's lock)."""
+    """A FastAPI app serving `store` and `sandbox`. With `sweep`, it runs the sweeper and the
+    sampler of the dashboard's time series (one replica at a time does each, elected through
+    the store's locks)."""
     state = ServerState(store, sandbox, settings, Doorbell())
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         state.doorbell.start(store)
-        task = asyncio.create_task(Sweeper(store, settings).run()) if sweep else None
+        loops = [Sweeper(store, settings).run(), Sampler(store).run()] if sweep else []
+        tasks = [asyncio.create_task(loop) for loop in loops]
         try:
             yield
         finally:
-            if task is not None:
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -73,6 +76,7 @@ def create_app(
         agents.router,
         logs.router,
         pools.router,
+        series.router,
     ):
         app.include_router(router)
     return app

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections import Counter
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
@@ -28,7 +29,7 @@ from clobi.api.models import (
     JobViewOut,
     SubmitIn,
 )
-from clobi.errors import NotFound, SpecError
+from clobi.errors import NotFound, SpecError, UsageError
 from clobi.model.auth import Principal
 from clobi.model.records import Event, JobFilter, Submission
 from clobi.model.specparse import parse_spec
@@ -36,6 +37,9 @@ from clobi.model.states import JobState
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 PAGE_MAX = 1000
+OFFSET_MAX = 10_000  # jumping further walks too many rows: page with the cursor instead
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL characters
+JobSort = Literal["id", "created", "priority", "state", "updated"]
 
 
 def scoped_key(owner: str, key: str | None) -> str | None:
@@ -76,20 +80,53 @@ def list_jobs(
     states: Annotated[list[JobState] | None, Query(alias="state")] = None,
     tags: Annotated[list[str] | None, Query(alias="tag")] = None,
     ids: Annotated[list[Id] | None, Query(alias="id", max_length=1000)] = None,
+    owner: Annotated[str | None, Query(max_length=200, pattern=NO_NUL)] = None,
+    text: Annotated[str | None, Query(max_length=200, pattern=NO_NUL)] = None,
+    sort: Annotated[JobSort, Query()] = "id",
+    desc: Annotated[bool, Query()] = False,
     after_id: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
+    after_value: Annotated[str | None, Query(max_length=100, pattern=NO_NUL)] = None,
+    offset: Annotated[int, Query(ge=0, le=OFFSET_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 100,
 ) -> list[JobOut]:
-    """Jobs in id order with ids above `after_id` (to page), filtered by states (any) and tags
-    (all). Users see their own jobs only."""
+    """Jobs filtered by states (any), tags (all), ids, `owner` and `text` (a substring of the
+    name, any case), ordered by `sort` (`created` is the id order; `state` goes by the state's
+    name), ties by id, reversed with `desc`. Users see their own jobs only.
+
+    To page, send the last job of the page before: its `id` as `after_id`, and for the sorts
+    `priority`, `state` and `updated` its value of that key (`priority`, `state`,
+    `updated_at`) as `after_value`; or skip `offset` jobs (at most 10,000: further on, use the
+    cursor)."""
+    scope = principal.owner_filter()
+    if owner is not None and scope is not None and owner != scope:
+        return []  # another user's jobs: none the caller may see
     flt = JobFilter(
         states=frozenset(states or ()),
         tags=frozenset(tags or ()),
         ids=tuple(ids or ()),
-        owner=principal.owner_filter(),
+        owner=scope if scope is not None else owner,
+        text=text or None,
+        sort=sort,
+        descending=desc,
         after_id=after_id,
+        after_value=_cursor_value(sort, after_value),
+        offset=offset,
         limit=limit,
     )
     return [JobOut.model_validate(j) for j in state.store.list_jobs(flt)]
+
+
+def _cursor_value(sort: str, text: str | None) -> int | float | str | None:
+    """`after_value` as the sort key's type."""
+    if text is None or sort not in ("priority", "updated"):
+        return text
+    try:
+        value = int(text) if sort == "priority" else float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or abs(value) > INT64_MAX:
+        raise UsageError(f"after_value: not a {sort} value: {text[:40]!r}")
+    return value
 
 
 @router.get(

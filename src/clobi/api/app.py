@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from clobi import __version__
-from clobi.api import admin, agents, errors, files, jobs, logs, pools, series
+from clobi.api import admin, agents, errors, files, jobs, logs, pools, series, ui
 from clobi.api.deps import ServerState
 from clobi.api.sampler import Sampler
 from clobi.api.sweeper import Sweeper
@@ -79,6 +79,7 @@ def create_app(
         series.router,
     ):
         app.include_router(router)
+    ui.install(app, state)  # the dashboard, at / and /ui (not in the OpenAPI document)
     return app
 
 
@@ -88,3 +89,4 @@ def stop_long_polls(app: FastAPI) -> None:
     state = app.state.clobi
     assert isinstance(state, ServerState)
     state.doorbell.stop_waiting()
+    ui.stop(app)

@@ -36,6 +36,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "token_cmd": ("token", "login"),
     "pool_cmd": ("pool", "instances", "manager"),
     "why_cmd": ("why",),
+    "ui_cmd": ("ui",),
     "top_cmd": ("top",),
 }
 

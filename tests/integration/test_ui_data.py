@@ -104,3 +104,16 @@ def test_the_overview_counts_jobs_and_groups_agents_by_pool(api: Api) -> None:
     kinds = [e["kind"] for e in overview["events"]]
     assert kinds.count("submitted") == 3 and kinds.count("agent_up") == 3
     assert browser.http.get("/ui/api/pools").json()["pools"] == []  # no session directory
+
+
+def test_the_charts_show_queued_jobs_per_priority_and_throughput(api: Api) -> None:
+    alice = api.token(Role.USER, "alice")
+    for priority in (1, 5, 3, 5, -2):
+        submit(api, alice, priority=priority)
+    browser = log_in(api, alice)
+    charts = browser.http.get("/ui/api/series", params={"window_s": 600}).json()
+    assert list(charts["queue"]) == ["priority 5", "priority 3", "priority 1", "priority -2"]
+    assert list(charts["throughput"]) == ["jobs"]
+    assert charts["until"] - charts["since"] == 600
+    for points in (*charts["queue"].values(), *charts["throughput"].values()):
+        assert all(len(p) == 2 and charts["since"] - 10 <= p[0] <= charts["until"] for p in points)

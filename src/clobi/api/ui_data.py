@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from clobi.api import agents as agent_routes
 from clobi.api import files, jobs, logs, pools
+from clobi.api import series as series_routes
 from clobi.api.deps import ServerState, State, visible_job
 from clobi.api.models import (
     AgentOut,
@@ -45,6 +46,7 @@ router = APIRouter(prefix="/ui/api", include_in_schema=False)
 PAGE_MAX = 200
 RECENT_EVENTS = 50
 FINAL_LOG_BYTES = 1 << 20
+CHART_PRIORITIES = 8
 
 
 def _hub(request: Request) -> EventHub:
@@ -111,11 +113,43 @@ def series(
     state: State,
     window_s: Annotated[int, Query(ge=60, le=30 * 86_400)] = 3600,
 ) -> dict[str, Any]:
-    """The charts of the overview over the last `window_s` seconds: queued jobs by priority
-    and throughput, as {label: [[ts, value], ...]}."""
+    """The overview's charts over the last `window_s` seconds, as {label: [[ts, value], ...]}
+    (from `GET /api/v1/series`): claimable queued jobs by priority, and throughput."""
     until = time.time()
-    # TODO(series): read the sampled series once GET /api/v1/series lands.
-    return {"since": until - window_s, "until": until, "queue": {}, "throughput": {}}
+    since = until - window_s
+    wanted = {f"priority {p}": f"queued.p{p}" for p in _priorities(state)}
+    wanted["finished per s"] = "throughput"
+    found = series_routes.series(
+        principal=session.principal,
+        state=state,
+        metrics=list(wanted.values()),
+        since=since,
+        until=until,
+    )
+    points = {label: [list(p) for p in found.get(metric, [])] for label, metric in wanted.items()}
+    throughput = points.pop("finished per s")
+    return {"since": since, "until": until, "queue": points, "throughput": {"jobs": throughput}}
+
+
+def _priorities(state: ServerState) -> list[int]:
+    """The priorities jobs have (at most `CHART_PRIORITIES`, highest first): one indexed
+    look-up per priority, each skipping to the next lower one with a keyset cursor."""
+    found: list[int] = []
+    after: int | None = None
+    while len(found) < CHART_PRIORITIES:
+        flt = JobFilter(
+            sort="priority",
+            descending=True,
+            limit=1,
+            after_id=0 if after is None else 1,
+            after_value=after,
+        )
+        page = state.store.list_jobs(flt)
+        if not page:
+            break
+        after = page[0].priority
+        found.append(after)
+    return found
 
 
 # --- jobs -------------------------------------------------------------------------------------

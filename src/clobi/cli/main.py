@@ -35,6 +35,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "server_cmd": ("server",),
     "token_cmd": ("token", "login"),
     "pool_cmd": ("pool", "instances", "manager"),
+    "outlets_cmd": ("outlets",),
     "why_cmd": ("why",),
     "ui_cmd": ("ui",),
     "top_cmd": ("top",),

@@ -25,6 +25,7 @@ from clobi.cli.exitcodes import ExitCode
 from clobi.errors import MissingExtra, SessionError, UsageError
 
 if TYPE_CHECKING:
+    from clobi.outlets.runner import OutletThread
     from clobi.session import Session
 
 DEFAULT_BIND = "127.0.0.1:8765"
@@ -129,6 +130,7 @@ def server_cmd(args: argparse.Namespace) -> int:
             flush=True,
         )
         public = args.public_url or _public_url(config.scheme, host, port)
+        outlets = _start_outlets(session)
         manager = None if args.no_manager else _start_manager(session, public)
         uvicorn_config = uvicorn.Config(
             app,
@@ -143,6 +145,8 @@ def server_cmd(args: argparse.Namespace) -> int:
         finally:
             if manager is not None:
                 manager.stop()
+            if outlets is not None:
+                outlets.stop()
     finally:
         store.close()
     return ExitCode.OK
@@ -185,6 +189,17 @@ def _start_manager(session: Session, url: str) -> _ManagerThread | None:
         return None
     print(f"clobi server: running the resource manager; machines join {url}", file=sys.stderr)
     return _ManagerThread(session, url)
+
+
+def _start_outlets(session: Session) -> OutletThread | None:
+    """Deliver events to the outlets the session's clobi.toml declares ([events]), if any."""
+    from clobi.outlets.runner import start_outlets
+
+    outlets = start_outlets(session)
+    if outlets is not None:
+        names = ", ".join(o.name for o in outlets.runner.outlets)
+        print(f"clobi server: delivering events to {names}", file=sys.stderr)
+    return outlets
 
 
 def served_session(explicit: str | None, config: ServerConfig) -> Session:

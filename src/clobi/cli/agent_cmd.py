@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import sys
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from clobi.cli import output
@@ -14,6 +17,10 @@ from clobi.errors import UsageError
 if TYPE_CHECKING:
     from clobi.client import Client
     from clobi.model.records import AgentRecord, Event
+
+FOLLOW_POLL_S = 0.5
+GAP_WAIT_S = 10.0  # how long a gap in event ids may be a transaction that has yet to commit
+GAPS_KEPT_MAX = 10_000  # a wider gap (a big submit rolled back) is not waited for
 
 
 def register(subparsers: Any) -> None:
@@ -68,6 +75,12 @@ def register(subparsers: Any) -> None:
         default=100,
         metavar="N",
         help="the last N events (default 100)",
+    )
+    events.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="keep printing new events until Ctrl-C (with --json: one object per line)",
     )
     output.add_json(events)
     events.set_defaults(func=events_cmd)
@@ -177,6 +190,8 @@ def events_cmd(args: argparse.Namespace) -> int:
         if args.job is not None:
             client.get(args.job)  # NotFound for unknown jobs
         events = _last_events(client, args.job, args.limit)
+        if args.follow:
+            return _follow(client, args, events)
     if args.json:
         output.print_json([output.plain(e) for e in events])
     elif not events:
@@ -197,6 +212,81 @@ def _last_events(client: Client, job_id: int | None, limit: int) -> list[Event]:
         kept.extend(page)
         after = page[-1].id
     return list(kept)
+
+
+def _follow(client: Client, args: argparse.Namespace, shown: list[Event]) -> int:
+    """Print events as they commit, until Ctrl-C (which `main` turns into exit code 130)."""
+    newest = _newest_id(client, args.job) if not shown else shown[-1].id
+    # One job's events commit in id order (each change locks the job first): a plain cursor
+    # misses none. Across jobs, a gap in the ids may be a transaction still committing.
+    follower = EventFollower(lambda after: _events_after(client, args.job, after), newest)
+    follower.watch_gaps = args.job is None
+    _print_events(shown, args.json)
+    while True:
+        _print_events(follower.poll(), args.json)
+        time.sleep(FOLLOW_POLL_S)
+
+
+def _newest_id(client: Client, job_id: int | None) -> int:
+    last = _last_events(client, job_id, 1)
+    return last[-1].id if last else 0
+
+
+def _events_after(client: Client, job_id: int | None, after: int) -> list[Event]:
+    found: list[Event] = []
+    while page := client.events(job_id, after_id=after):
+        found += page
+        after = page[-1].id
+    return found
+
+
+def _print_events(events: list[Event], as_json: bool) -> None:
+    for e in events:
+        if as_json:
+            print(json.dumps(output.plain(e)))
+        else:
+            cells = [output.safe_text(c) for c in _event_row(e)]
+            print(
+                f"{cells[0]:>7}  {cells[1]}  {cells[2]:>6}  {cells[3]:>7}  {cells[4]:>5}  "
+                f"{cells[5]:<14}  {cells[6]:<22}  {cells[7]}".rstrip()
+            )
+    sys.stdout.flush()
+
+
+class EventFollower:
+    """New events of the session, each once, however their transactions' commits interleave.
+
+    Each poll reads past the newest id seen, and again from any gap below it that is younger
+    than `GAP_WAIT_S`: an id that was handed out but not yet committed when its neighbours
+    were read shows up there later. A gap that stays empty that long was rolled back.
+    """
+
+    def __init__(
+        self,
+        read: Callable[[int], list[Event]],
+        after_id: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.read, self.top, self.clock = read, after_id, clock
+        self.watch_gaps = True
+        self.gaps: dict[int, float] = {}  # missing id -> when it was noticed
+
+    def poll(self) -> list[Event]:
+        now = self.clock()
+        self.gaps = {i: t for i, t in self.gaps.items() if now - t < GAP_WAIT_S}
+        start = min(min(self.gaps, default=self.top + 1) - 1, self.top)
+        found = [e for e in self.read(start) if e.id > self.top or e.id in self.gaps]
+        for e in found:
+            self.gaps.pop(e.id, None)
+        newer = sorted(e.id for e in found if e.id > self.top)
+        if self.watch_gaps:
+            expected = self.top + 1
+            for i in newer:
+                if i - expected <= GAPS_KEPT_MAX:
+                    self.gaps.update(dict.fromkeys(range(expected, i), now))
+                expected = i + 1
+        self.top = max([self.top, *newer])
+        return found
 
 
 def _event_row(e: Event) -> tuple[object, ...]:

@@ -163,6 +163,17 @@ def test_reads_pick_the_archive_by_span_or_merge_into_a_wider_step(store: Store)
             store.read_series(["finished"], T0, end, step_s=bad)
 
 
+def test_a_name_ending_in_a_star_reads_every_metric_so_named_with_points(store: Store) -> None:
+    store.record_samples(T0, {"queued.p1": 4, "queued.p10": 2, "jobs.queued": 6})
+    store.record_samples(T0 + 400, {"queued.p7": 1})
+    got = store.read_series(["queued.p*", "agents.live"], T0, T0 + 60)
+    assert got == {"agents.live": [], "queued.p1": [(T0, 4)], "queued.p10": [(T0, 2)]}
+    assert set(store.read_series(["*"], T0, T0 + 3600)) == {
+        "jobs.queued", "queued.p1", "queued.p10", "queued.p7"
+    }  # fmt: skip
+    assert store.read_series(["nothing.*"], T0, T0 + 60) == {}
+
+
 def test_storage_stays_bounded_over_forty_days_of_samples(store: Store) -> None:
     fine, coarse = SERIES_ARCHIVES
     every_s, last = 7_200, 0.0

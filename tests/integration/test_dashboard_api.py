@@ -114,6 +114,8 @@ def test_the_series_route_answers_points_per_metric_from_the_chosen_archive(api:
     ]
     minute = {"metric": "finished", "since": T0, "until": T0 + 599, "step": 60}
     assert http.get("/api/v1/series", params=minute).json()["finished"][0] == [T0, 6.0]
+    every = {"metric": "queued.*", "since": T0, "until": T0 + 15}
+    assert http.get("/api/v1/series", params=every).json() == {"queued.p5": [[T0, 0], [T0 + 10, 1]]}
 
 
 @pytest.mark.parametrize(
@@ -121,6 +123,8 @@ def test_the_series_route_answers_points_per_metric_from_the_chosen_archive(api:
     [
         {},
         {"metric": "bad name"},
+        {"metric": "a*b"},
+        {"metric": ""},
         {"metric": "x", "step": 7},
         {"metric": "x", "since": 10, "until": 5},
         {"metric": "x", "since": "inf"},
@@ -147,6 +151,7 @@ def test_a_remote_store_reads_series_but_does_not_record_them(api: Api) -> None:
     api.store.record_samples(T0, {"agents.live": 2})
     store, _ = api.remote(api.token(Role.USER))
     assert store.read_series(["agents.live"], T0, T0 + 5) == {"agents.live": [(T0, 2.0)]}
+    assert store.read_series(["agents.*"], T0, T0 + 5) == {"agents.live": [(T0, 2.0)]}
     with pytest.raises(UsageError, match="server"):
         store.record_samples(T0, {"agents.live": 1})
     with pytest.raises(UsageError, match="server"):

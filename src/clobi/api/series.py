@@ -19,7 +19,7 @@ from clobi.errors import UsageError
 
 router = APIRouter(prefix="/api/v1", tags=["series"])
 
-METRIC = r"^[A-Za-z0-9_.-]{1,200}$"
+METRIC = r"^(?:[A-Za-z0-9_.-]{1,200}\*?|\*)$"  # a trailing * asks for every metric so named
 METRICS_MAX = 100
 DEFAULT_SPAN_S = 3600.0
 EPOCH_MAX = 1e11  # about the year 5138: past any real clock, inside every float's precision
@@ -47,7 +47,9 @@ def series(
 ) -> dict[str, list[tuple[float, float]]]:
     """Points `[t, value]` of each metric (`t`: the start of the point's bucket, epoch
     seconds), oldest first, over `since`..`until` (default: the last hour up to now); a metric
-    without points gives `[]`.
+    without points gives `[]`. A name ending in `*` asks for every metric starting with the
+    rest that has points then (`queued.p*`: one per priority; `instances.cloud.*`), each
+    under its own name.
 
     Spans up to a day come from the 10 s archive (kept a day), longer ones from the 5 min
     archive (kept 30 days). `step` (a multiple of 10 or 300 s) merges points into wider

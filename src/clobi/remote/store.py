@@ -301,7 +301,7 @@ class RemoteStore(Store):
         if step_s is not None:
             query.append(("step", step_s))
         found = self.connection.call("GET", "/series", params=query, idempotent=True)
-        return {m: [(float(t), float(v)) for t, v in found.get(m, [])] for m in metrics}
+        return {m: [(float(t), float(v)) for t, v in points] for m, points in found.items()}
 
     def record_samples(self, ts: float, values: Mapping[str, float]) -> None:
         raise _server_only("recording time series")

@@ -280,7 +280,9 @@ class Store(ABC):
         self, metrics: Sequence[str], since: float, until: float, step_s: int | None = None
     ) -> dict[str, list[tuple[float, float]]]:
         """Points `(bucket start, value)` of each metric whose bucket overlaps
-        [`since`, `until`], oldest first; a metric without points maps to `[]`.
+        [`since`, `until`], oldest first; a metric without points maps to `[]`. A name
+        ending in `*` stands for every metric that starts with the rest and has points there
+        (`queued.p*`: one series per priority), each under its own name.
 
         The archive is the finest whose `keep_s` covers `until - since` (the coarsest when
         none does). With `step_s` (a multiple of some archive's step), the finest such

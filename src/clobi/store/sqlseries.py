@@ -68,22 +68,30 @@ class SqlSeries(SqlCore):
         self, metrics: Sequence[str], since: float, until: float, step_s: int | None = None
     ) -> dict[str, list[Point]]:
         archive = pick_archive(until - since, step_s)
+        span = {
+            "step_s": archive.step_s,
+            "since": math.floor(since) - archive.step_s,
+            "until": math.floor(until),
+        }
         found: dict[str, list[Point]] = {}
         with self._tx(write=False) as cur:
-            for metric in dict.fromkeys(metrics):
-                cur.execute(
-                    self.q["select_series"],
-                    {
-                        "metric": metric,
-                        "step_s": archive.step_s,
-                        "since": math.floor(since) - archive.step_s,
-                        "until": math.floor(until),
-                    },
-                )
+            for metric in self._names(cur, metrics, span):
+                cur.execute(self.q["select_series"], {"metric": metric, **span})
                 found[metric] = [(float(b), float(v)) for b, v in cur.fetchall()]
         if step_s is not None and step_s != archive.step_s:
             found = {m: regroup(m, pts, step_s) for m, pts in found.items()}
         return found
+
+    def _names(self, cur: Cursor, metrics: Sequence[str], span: dict[str, int]) -> list[str]:
+        """The metrics asked for, each `prefix*` replaced by the metrics starting with
+        `prefix` that have points in the span (in name order)."""
+        names = dict.fromkeys(m for m in metrics if not m.endswith("*"))
+        prefixes = [m[:-1] for m in metrics if m.endswith("*")]
+        if prefixes:
+            cur.execute(self.q["series_metrics"], span)
+            present = sorted(m for (m,) in cur.fetchall())
+            names.update(dict.fromkeys(m for m in present if m.startswith(tuple(prefixes))))
+        return list(names)
 
     def count_finished(self, after_event_id: int | None) -> tuple[int, int]:
         with self._tx(write=False) as cur:

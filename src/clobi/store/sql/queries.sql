@@ -308,6 +308,10 @@ SELECT bucket, value FROM series
 WHERE metric = :metric AND step_s = :step_s AND bucket > :since AND bucket <= :until
 ORDER BY bucket;
 
+-- name: series_metrics
+SELECT DISTINCT metric FROM series
+WHERE step_s = :step_s AND bucket > :since AND bucket <= :until;
+
 -- name: newest_event
 SELECT coalesce(max(id), 0) FROM events;
 

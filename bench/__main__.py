@@ -27,7 +27,7 @@ from bench.peers import NEEDS_REDIS, NO_LATENCY, PEERS
 from bench.services import Redis, redis
 
 BENCH = Path(__file__).resolve().parent
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6")
 
 
 @dataclass(frozen=True)
@@ -39,12 +39,14 @@ class Plan:
     store_sizes: tuple[int, int]
     claims: int  # W4: jobs per kind and round (3 rounds must fit in the smaller store)
     sandbox_jobs: int
+    listing_jobs: int  # W6: the size the jobs page's target is about, in both modes
+    listing_rounds: int
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
         if quick:
-            return cls(True, 3_000, 100, 100_000, (10_000, 200_000), 1_000, 10)
-        return cls(False, 10_000, 200, 100_000, (10_000, 1_000_000), 1_500, 20)
+            return cls(True, 3_000, 100, 100_000, (10_000, 200_000), 1_000, 10, 100_000, 15)
+        return cls(False, 10_000, 200, 100_000, (10_000, 1_000_000), 1_500, 20, 100_000, 40)
 
 
 class Run:
@@ -83,6 +85,7 @@ class Run:
                 "W3": self.w3,
                 "W4": self.w4,
                 "W5": self.w5,
+                "W6": self.w6,
             }
             for name in self.only:
                 self._timed(name, steps[name])
@@ -164,6 +167,12 @@ class Run:
         from bench import clobi_sandbox
 
         return clobi_sandbox.sandboxes(self.work, self.plan.sandbox_jobs, self.cores)
+
+    def w6(self) -> list[dict[str, Any]]:
+        from bench import clobi_listing
+
+        plan = self.plan
+        return clobi_listing.jobs_page(self.work, plan.listing_jobs, plan.listing_rounds)
 
     def profile_agents(self) -> None:
         from bench import clobi_runs

@@ -205,27 +205,34 @@ def shared_session(workdir: Path, tag: str) -> Iterator[Shared]:
         (root / "clobi.toml").write_text(
             f'[session]\nstore = "{store_url}"\nsandbox = "{sandbox_url}"\n'
         )
-        admin = _clobi("token", "create", "--role", "admin", "--session", str(root),
-                       env=_env(root / "home"))  # fmt: skip
-        argv = [*CLOBI, "server", "--session", str(root), "--db", store_url]
-        argv += ["--storage", sandbox_url, "--bind", "127.0.0.1:0"]
-        with (root / "server.log").open("wb") as log:
-            server = subprocess.Popen(
-                argv,
-                cwd=root,
-                env=_env(root / "server"),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            url = _wait_for_url(root / "server.log", server)
+        with serve(root, "--db", store_url, "--storage", sandbox_url) as (url, admin, server):
             shared = Shared(root, dbname, store_url, sandbox_url, url, admin, "", server)
             shared.user = shared.token("user", "--name", "bench")
             yield shared
-        finally:
-            procs.stop(server, grace_s=20.0)
+
+
+@contextlib.contextmanager
+def serve(root: Path, *args: str) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
+    """`clobi server --session ROOT ARGS --bind 127.0.0.1:0` on the session in `root`, with an
+    admin token made on the session directory; yields (URL, admin token, server), stops it
+    on leaving."""
+    admin = _clobi("token", "create", "--role", "admin", "--session", str(root),
+                   env=_env(root / "home"))  # fmt: skip
+    argv = [*CLOBI, "server", "--session", str(root), *args, "--bind", "127.0.0.1:0"]
+    with (root / "server.log").open("wb") as log:
+        server = subprocess.Popen(
+            argv,
+            cwd=root,
+            env=_env(root / "server"),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield _wait_for_url(root / "server.log", server), admin, server
+    finally:
+        procs.stop(server, grace_s=20.0)
 
 
 def _wait_for_url(log: Path, proc: subprocess.Popen[bytes]) -> str:

@@ -222,6 +222,40 @@ def sandbox_section(report: dict[str, Any]) -> Section | None:
     return Section("W5 sandboxes: 10 MiB in, 10 MiB out", headers, [row], notes)
 
 
+def listing_section(report: dict[str, Any]) -> Section | None:
+    rows_in = [r for r in report["workloads"].get("W6") or [] if not r.get("error")]
+    failed = [r for r in report["workloads"].get("W6") or [] if r.get("error")]
+    if not rows_in and not failed:
+        return None
+    names = [q["request"] for q in rows_in[0]["requests"]] if rows_in else []
+    rows: list[Row] = []
+    for k, name in enumerate(names):
+        first = rows_in[0]["requests"][k]
+        row = [name, first["as"], fmt(first["jobs"])]
+        for r in rows_in:
+            q = r["requests"][k]
+            row += [fmt(q["p50_ms"], 1), fmt(q["p95_ms"], 1)]
+        rows.append(tuple(row))
+    engines = [r["config"].split(" ")[0] for r in rows_in]
+    headers = ("request", "token", "jobs")
+    for engine in engines:
+        headers += (f"{engine} p50 ms", f"{engine} p95 ms")
+    notes = [
+        "GET /api/v1/jobs through clobi server with a bearer token, one kept-alive connection, "
+        "50 jobs a page, newest first unless sorted otherwise; every request once per round; "
+        "'page 3 (cursor)' times the third page, asked with the cursor of the second.",
+        *[
+            f"{r['config']}: {r['jobs']:,} jobs built in {r['build_s']:.0f} s "
+            f"({', '.join(f'{s} {n:,}' for s, n in r['states'].items() if n)}); "
+            f"server CPU {r['server_cpu_ms_per_request']:.1f} ms per request"
+            for r in rows_in
+        ],
+        *[f"{r['config']}: {r['error']}" for r in failed],
+    ]
+    title = "W6 jobs page: filtered pages of a big session through the server"
+    return Section(title, headers, rows, notes)
+
+
 def target_section(report: dict[str, Any]) -> Section:
     rows: list[Row] = [
         (t.name, t.goal, t.value, _verdict(t.met), _factor(t.factor))
@@ -266,6 +300,7 @@ def sections(report: dict[str, Any]) -> list[Section]:
         submit_section(report),
         scale_section(report),
         sandbox_section(report),
+        listing_section(report),
         target_section(report),
         runtime_section(report),
     ]

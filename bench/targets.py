@@ -1,4 +1,4 @@
-"""The project's speed and memory targets (issue 5), checked against one run's results.
+"""The project's speed and memory targets (issues 5 and 6), checked against one run's results.
 
 Clobi's rows are embedded (`config` "embedded, …") or shared (`config` "shared, …": server,
 PostgreSQL and agents over HTTP); each has its own drain target, and "the best peer" and the
@@ -21,6 +21,7 @@ from typing import Any
 
 NOT_PEERS = frozenset({"clobi", "xargs"})
 SHARED_DRAIN_P = 0.6
+LISTING_MS = 300.0  # W6: a filtered page of the jobs page, through the server
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ def _all(report: dict[str, Any]) -> Iterator[Target]:
     yield from _latency(w.get("W2") or [])
     yield from _submit(w.get("W3"))
     yield from _scale(w.get("W4") or [])
+    yield from _listing(w.get("W6") or [])
 
 
 def clobi_rows(rows: list[dict[str, Any]], *, shared: bool) -> list[dict[str, Any]]:
@@ -128,3 +130,15 @@ def _scale(rows: list[dict[str, Any]]) -> Iterator[Target]:
     for key, what in (("list_ms", "Client.list"), ("ls_cli_ms", "clobi ls (CLI)")):
         worst = max(r[key] for r in rows)
         yield at_most(f"W4 listing, {what}", "< 100 ms", f"{worst:.1f} ms (worst size)", worst, 100)
+
+
+def _listing(rows: list[dict[str, Any]]) -> Iterator[Target]:
+    goal = f"p95 < {LISTING_MS:.0f} ms"
+    for r in rows:
+        name = f"W6 jobs page, {r['jobs']:,} jobs, {r['config'].split(',')[0]}"
+        if r.get("error"):
+            yield Target(name, goal, "could not run (see the W6 notes)", None)
+            continue
+        worst = max(r["requests"], key=lambda q: q["p95_ms"])
+        text = f"{worst['p95_ms']:.1f} ms (worst request: {worst['request']})"
+        yield at_most(name, goal, text, worst["p95_ms"], LISTING_MS)

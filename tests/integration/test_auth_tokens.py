@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from clobi.auth import authenticate, issue, token_id_of, token_state
+from clobi.auth import TokenCache, authenticate, issue, token_id_of, token_state
 from clobi.errors import Unauthorized
 from clobi.model.auth import Role
 from clobi.store.base import Store
@@ -73,3 +73,78 @@ def test_a_bootstrap_token_is_spent_exactly_once(store: Store) -> None:
     assert not store.use_bootstrap(who.token_id)
     with pytest.raises(Unauthorized):
         authenticate(store, text)
+
+
+# --- the server's token cache ------------------------------------------------------------------
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_checked_token_is_trusted_for_the_cache_time_only(store: Store) -> None:
+    clock = Clock()
+    cache = TokenCache(store, ttl_s=2.0, clock=clock)
+    text = issue(store, Role.USER, "alice")
+    assert cache.cached(text) is None
+    assert cache.authenticate(text).name == "alice"
+    token_id = token_id_of(text)
+    assert token_id is not None and store.revoke_token(token_id)
+    clock.now += 1.9
+    assert cache.authenticate(text).name == "alice"  # revoked elsewhere: trusted a while yet
+    clock.now += 0.2
+    assert cache.cached(text) is None
+    with pytest.raises(Unauthorized):
+        cache.authenticate(text)
+
+
+def test_a_token_revoked_through_this_server_is_forgotten_at_once(store: Store) -> None:
+    cache = TokenCache(store, clock=Clock())
+    text = issue(store, Role.AGENT, "agent-1", "p")
+    who = cache.authenticate(text)
+    assert store.revoke_token(who.token_id)
+    cache.forget(who.token_id)
+    with pytest.raises(Unauthorized):
+        cache.authenticate(text)
+
+
+def test_a_cached_token_is_refused_once_it_expires(store: Store) -> None:
+    cache = TokenCache(store, ttl_s=60.0)
+    text = issue(store, Role.USER, "alice", expires_s=0.05)
+    cache.authenticate(text)
+    time.sleep(0.06)
+    assert cache.cached(text) is None
+    with pytest.raises(Unauthorized):
+        cache.authenticate(text)
+
+
+def test_bootstrap_tokens_are_never_cached(store: Store) -> None:
+    cache = TokenCache(store, clock=Clock())
+    text = issue(store, Role.BOOTSTRAP, "boot", "p1", expires_s=600)
+    who = cache.authenticate(text)
+    assert store.use_bootstrap(who.token_id)
+    with pytest.raises(Unauthorized):
+        cache.authenticate(text)
+
+
+def test_only_the_very_token_that_was_checked_is_served_from_the_cache(store: Store) -> None:
+    cache = TokenCache(store, clock=Clock())
+    text = issue(store, Role.ADMIN, "root")
+    cache.authenticate(text)
+    forged = text[:-4] + ("AAAA" if not text.endswith("AAAA") else "BBBB")
+    assert cache.cached(forged) is None
+    with pytest.raises(Unauthorized):
+        cache.authenticate(forged)
+    with pytest.raises(Unauthorized):
+        cache.authenticate("not-a-token")
+
+
+def test_the_cache_stays_small(store: Store) -> None:
+    cache = TokenCache(store, max_entries=3, clock=Clock())
+    texts = [issue(store, Role.USER, f"u{i}") for i in range(5)]
+    for text in texts:
+        cache.authenticate(text)
+    assert sum(cache.cached(t) is not None for t in texts) <= 3
+    assert all(cache.authenticate(t).name == f"u{i}" for i, t in enumerate(texts))

@@ -144,14 +144,14 @@ async def wait(
 
 
 @router.post("/agents/{agent_id}/heartbeat", response_model=HeartbeatOut, responses=AGENT_ERRORS)
-def heartbeat(
+async def heartbeat(
     agent_id: Id, body: HeartbeatIn, principal: AgentCaller, state: State
 ) -> HeartbeatOut:
     """Renew the agent's liveness and its running attempts' leases. Attempts sent but not in
     `renewed` are no longer the agent's: it must stop them. `cancel`: attempts the user
     killed. `drain`: stop claiming, finish, exit."""
     check_acts_for(principal, agent_id)
-    reply = state.store.heartbeat(agent_id, body.attempt_ids, body.lease_s)
+    reply = await run_in_threadpool(state.store.heartbeat, agent_id, body.attempt_ids, body.lease_s)
     return HeartbeatOut(
         renewed=sorted(reply.renewed),
         cancel=sorted(reply.cancel),
@@ -161,13 +161,13 @@ def heartbeat(
 
 
 @router.post("/agents/{agent_id}/finish", response_model=FinishOut, responses=AGENT_ERRORS)
-def finish(agent_id: Id, body: FinishIn, principal: AgentCaller, state: State) -> FinishOut:
+async def finish(agent_id: Id, body: FinishIn, principal: AgentCaller, state: State) -> FinishOut:
     """Report how attempts ended (outputs already uploaded, or inline as base64) and
     optionally claim more in the same transaction. `refused`: stale reports."""
     check_acts_for(principal, agent_id)
     outcomes = [_outcome(o) for o in body.outcomes]
     then = None if body.then is None else _claim_request(agent_id, body.then)
-    refused, claims = state.store.finish(agent_id, outcomes, then)
+    refused, claims = await run_in_threadpool(state.store.finish, agent_id, outcomes, then)
     return FinishOut(refused=refused, claims=_claims_out(claims))
 
 
@@ -184,6 +184,7 @@ def agent_exit(agent_id: Id, principal: AgentCaller, state: State) -> None:
     state.store.agent_exited(agent_id)
     if principal.role is Role.AGENT:
         state.store.revoke_token(principal.token_id)
+        state.tokens.forget(principal.token_id)
 
 
 def _claim_request(agent_id: int, body: ClaimIn) -> ClaimRequest:

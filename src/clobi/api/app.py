@@ -20,6 +20,7 @@ from clobi.api.deps import ServerState
 from clobi.api.sampler import Sampler
 from clobi.api.sweeper import Sweeper
 from clobi.api.wakeups import Doorbell
+from clobi.auth import TokenCache
 from clobi.sandbox.base import SandboxStore
 from clobi.session import Settings
 from clobi.store.base import Store
@@ -43,7 +44,7 @@ def create_app(
     """A FastAPI app serving `store` and `sandbox`. With `sweep`, it runs the sweeper and the
     sampler of the dashboard's time series (one replica at a time does each, elected through
     the store's locks)."""
-    state = ServerState(store, sandbox, settings, Doorbell())
+    state = ServerState(store, sandbox, settings, Doorbell(), TokenCache(store))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -8,6 +8,10 @@ Authorization rules, in one place:
 - `agent` tokens act only for the agent registered with them (named `agent-<id>`, in the pool
   of the bootstrap token they were exchanged for);
 - `bootstrap` tokens only join (and read the session's settings to do so).
+
+The dependencies here are coroutines: they run on the event loop, never in the threadpool.
+A token is checked against the store (in a worker thread) only when the server's
+`TokenCache` has not found it usable within the last `clobi.auth.AUTH_CACHE_S` seconds.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from clobi.api.wakeups import Doorbell
-from clobi.auth import authenticate
+from clobi.auth import TokenCache
 from clobi.errors import Forbidden, NotFound, Unauthorized
 from clobi.model.auth import Principal, Role
 from clobi.model.records import JobFilter, JobRecord
@@ -38,9 +43,10 @@ class ServerState:
     sandbox: SandboxStore
     settings: Settings
     doorbell: Doorbell
+    tokens: TokenCache
 
 
-def server_state(request: Request) -> ServerState:
+async def server_state(request: Request) -> ServerState:
     state = request.app.state.clobi
     assert isinstance(state, ServerState)
     return state
@@ -53,38 +59,42 @@ _bearer = HTTPBearer(
 )
 
 
-def caller(
+async def caller(
     state: State,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     """The principal of the request's bearer token; `Unauthorized` without a usable one."""
     if credentials is None:
         raise Unauthorized("missing token: send `Authorization: Bearer <token>`")
-    return authenticate(state.store, credentials.credentials)
+    text = credentials.credentials
+    found = state.tokens.cached(text)
+    if found is not None:
+        return found
+    return await run_in_threadpool(state.tokens.authenticate, text)
 
 
 Caller = Annotated[Principal, Depends(caller)]
 
 
-def _user(principal: Caller) -> Principal:
+async def _user(principal: Caller) -> Principal:
     if not principal.may_submit():
         raise Forbidden(f"{principal.role} tokens cannot work with jobs")
     return principal
 
 
-def _admin(principal: Caller) -> Principal:
+async def _admin(principal: Caller) -> Principal:
     if not principal.is_admin:
         raise Forbidden("only admin tokens may do this")
     return principal
 
 
-def _agent(principal: Caller) -> Principal:
+async def _agent(principal: Caller) -> Principal:
     if principal.role not in (Role.AGENT, Role.ADMIN):
         raise Forbidden(f"{principal.role} tokens cannot act as agents")
     return principal
 
 
-def _working(principal: Caller) -> Principal:
+async def _working(principal: Caller) -> Principal:
     if principal.role is Role.BOOTSTRAP:
         raise Forbidden("bootstrap tokens can only join")
     return principal

@@ -1,5 +1,8 @@
 """Job routes: submit, list, show, counts, kill, remove, retry, events.
 
+The routes clients call most (submit, show) are coroutines that do their blocking work in one
+threadpool call; the others are plain functions, which FastAPI runs in the threadpool.
+
 Users see and act on their own jobs only; admins on all. Bulk actions check every id first, so
 one unknown (or foreign) id changes nothing and answers 404.
 """
@@ -13,6 +16,7 @@ from collections import Counter
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
+from fastapi.concurrency import run_in_threadpool
 
 from clobi.api.deps import ServerState, State, User, visible_job, visible_jobs
 from clobi.api.errors import responses
@@ -50,13 +54,17 @@ def scoped_key(owner: str, key: str | None) -> str | None:
 
 
 @router.post("/jobs", response_model=IdsOut, responses=responses(401, 403, 404, 422, 503))
-def submit(body: SubmitIn, principal: User, state: State) -> IdsOut:
+async def submit(body: SubmitIn, principal: User, state: State) -> IdsOut:
     """Submit a job spec; an array gives many jobs. Returns the job ids in array order.
 
     Inputs are uploaded first (`PUT /api/v1/inputs`) and named by `input_sha256`. With an
     `idempotency_key` this user already used, the first submit's ids come back and nothing is
     created. Every problem of the spec is listed in `problems` (422).
     """
+    return await run_in_threadpool(_submit, body, principal, state)
+
+
+def _submit(body: SubmitIn, principal: Principal, state: ServerState) -> IdsOut:
     spec = parse_spec(body.spec, source="spec")
     sha = body.input_sha256
     if spec.inputs and sha is None:
@@ -132,8 +140,12 @@ def _cursor_value(sort: str, text: str | None) -> int | float | str | None:
 @router.get(
     "/jobs/{job_id}", response_model=JobViewOut, responses=responses(401, 403, 404, 422, 503)
 )
-def show(job_id: Id, principal: User, state: State) -> JobViewOut:
+async def show(job_id: Id, principal: User, state: State) -> JobViewOut:
     """One job with its spec, input sandbox and attempts (oldest first)."""
+    return await run_in_threadpool(_view, job_id, principal, state)
+
+
+def _view(job_id: int, principal: Principal, state: ServerState) -> JobViewOut:
     job = visible_job(state, principal, job_id)
     spec, sha = state.store.job_spec(job_id)
     attempts = [AttemptOut.model_validate(a) for a in state.store.attempts(job_id)]

@@ -120,10 +120,12 @@ async def claim(
     while True:
         ticket = state.doorbell.ticket()
         claims = await run_in_threadpool(state.store.claim, wanted)
+        state.doorbell.claimed(agent_id, wanted.limit, len(claims))
         left = deadline - time.monotonic()
         if claims or left <= 0 or wanted.limit == 0:
             return ClaimsOut(claims=_claims_out(claims))
-        await state.doorbell.wait(ticket, min(left, RECHECK_S), request.is_disconnected)
+        gone = request.is_disconnected
+        await state.doorbell.wait(ticket, agent_id, min(left, RECHECK_S), gone)
         if state.doorbell.stopping or await request.is_disconnected():
             return ClaimsOut(claims=[])  # claim nothing for a client that is not listening
 
@@ -137,9 +139,11 @@ async def wait(
     wait_s: Annotated[float, Query(ge=0, le=WAIT_MAX_S)] = WAIT_MAX_S,
 ) -> WaitOut:
     """Wait (long-poll) until work may have appeared, or `wait_s` passed. Costs the waiting
-    agent nothing; it claims when this returns `rang`."""
+    agent nothing; it claims when this returns `rang`. New work wakes waiting agents one at a
+    time (see `clobi.api.wakeups`)."""
     check_acts_for(principal, agent_id)
-    rang = await state.doorbell.wait(state.doorbell.ticket(), wait_s, request.is_disconnected)
+    doorbell = state.doorbell
+    rang = await doorbell.wait(doorbell.ticket(), agent_id, wait_s, request.is_disconnected)
     return WaitOut(rang=rang)
 
 
@@ -168,6 +172,8 @@ async def finish(agent_id: Id, body: FinishIn, principal: AgentCaller, state: St
     outcomes = [_outcome(o) for o in body.outcomes]
     then = None if body.then is None else _claim_request(agent_id, body.then)
     refused, claims = await run_in_threadpool(state.store.finish, agent_id, outcomes, then)
+    if then is not None:
+        state.doorbell.claimed(agent_id, then.limit, len(claims))
     return FinishOut(refused=refused, claims=_claims_out(claims))
 
 

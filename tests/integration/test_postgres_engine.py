@@ -478,6 +478,56 @@ def test_a_closed_store_closes_its_listeners_and_lock_sessions(
     assert sessions == [(0,)]
 
 
+def test_threads_sharing_a_store_commit_on_connections_of_their_own(
+    open_store: OpenStore,
+) -> None:
+    store = open_store()
+    all_open = threading.Barrier(3)
+    backends: list[int] = []
+
+    def transaction() -> None:
+        with store._tx() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            backends.append(cur.fetchone()[0])
+            all_open.wait(timeout=10)  # none waits for another's transaction to end
+
+    threads = [threading.Thread(target=transaction) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(backends)) == 3
+    (job_id,) = store.submit(make_submission())  # and the store goes on as before
+    assert store.get_job(job_id).state is JobState.QUEUED
+
+
+def test_a_store_keeps_at_most_its_pool_size_of_transactions_open(url: str) -> None:
+    store = PostgresStore(url, pool_size=2)
+    lock, inside, most = threading.Lock(), [0], [0]
+    backends: set[int] = set()
+
+    def transaction() -> None:
+        with store._tx() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            with lock:
+                backends.add(cur.fetchone()[0])
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            time.sleep(0.05)
+            with lock:
+                inside[0] -= 1
+
+    try:
+        threads = [threading.Thread(target=transaction) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        store.close()
+    assert most[0] == 2 and len(backends) == 2
+
+
 # --- the composition root ---------------------------------------------------------------------
 def test_a_postgresql_url_opens_a_postgres_store(url: str, tmp_path: Path) -> None:
     from clobi.session import open_store

@@ -12,6 +12,11 @@ where SQLite simply serialises them:
 - the sweeper is elected with an advisory lock (see `try_lock`);
 - the schema is migrated under an advisory lock, so concurrent starters do not race.
 
+Threads share a store (a server runs its blocking calls in a threadpool): each transaction takes
+a connection of its own from a small pool (`POOL_SIZE`; more are opened only while that many
+transactions run at once), so one thread's commit never waits behind another's, and PostgreSQL
+flushes their commits together.
+
 Commits are durable: `synchronous_commit` is raised to `on` if the server has it `off`.
 """
 
@@ -46,39 +51,45 @@ from clobi.store.sqlwork import SqlWork
 CHANNEL = "clobi_work"
 DIALECT = "postgres"
 MIN_SERVER_VERSION = 140000  # idle_session_timeout, which times out sweeper elections
+# Connections one store opens at most for transactions running at the same time (threads
+# beyond that wait for one to be free).
+POOL_SIZE = 4
 
 # First halves of Clobi's two-part advisory lock keys, one per use, so a blocking lock of one
 # use can never wait on a lock of another: "CLOB" + 1, 2, 3.
 NS_MIGRATE, NS_ELECTION, NS_SUBMIT = 0x434C4F41 + 1, 0x434C4F41 + 2, 0x434C4F41 + 3
 
 Conn = psycopg.Connection[Any]
+_IDLE = psycopg.pq.TransactionStatus.IDLE
 
 
 class PostgresStore(
     SqlJobs, SqlWork, SqlTokens, SqlLogs, SqlInstances, SqlOutbox, SqlSeries, Store
 ):
-    """Store engine over one PostgreSQL database; one connection per instance (stores are
-    used from one thread at a time), plus one per listener and per lock it contends for."""
+    """Store engine over one PostgreSQL database; safe to share between threads (each
+    transaction runs on a pooled connection), plus one connection per listener and per lock
+    it contends for."""
 
     LIKE_ANY_CASE = "ILIKE"  # see SqlJobs
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, pool_size: int = POOL_SIZE) -> None:
         super().__init__()
         self.q = queries.load(dialect=DIALECT)
         self.url = url
         self.where = redact(url)
-        self._lock = threading.RLock()
-        self._cur: Cursor | None = None  # the open transaction's cursor, joined by nested _tx
-        self._tx_now: float | None = None
+        self._lock = threading.RLock()  # elections, listeners, closing
+        self._pool = _Pool(url, self.where, pool_size)
+        self._local = threading.local()  # this thread's open transaction: .cur, .conn, .now
         self._closed = False
         self._elections: dict[str, _Election] = {}
         self._listeners: set[_Listener] = set()
-        self._conn = connect(url, self.where)
+        first = connect(url, self.where)
         try:
-            migrate(self._conn)
+            migrate(first)
         except psycopg.Error as exc:
-            self._conn.close()
+            first.close()
             raise StoreUnavailable(f"store {self.where}: migrating: {reason(exc)}") from None
+        self._pool.put(first)
 
     @classmethod
     def from_url(cls, url: str) -> PostgresStore:
@@ -89,27 +100,35 @@ class PostgresStore(
     @contextlib.contextmanager
     def _tx(self, write: bool = True) -> Iterator[Cursor]:
         # MVCC readers never block writers, so reads and writes open the same transaction.
-        with self._lock:
-            if self._cur is not None:  # a method here opened it to add to it: join it
-                yield self._cur
-                return
-            conn = self._connection()
-            try:
-                with conn.cursor() as raw:
-                    self._cur = _Cursor(raw)
-                    yield self._cur
-                conn.commit()
-            except psycopg.OperationalError as exc:
-                _rollback(conn)
-                raise StoreUnavailable(f"store {self.where}: {reason(exc)}") from None
-            except psycopg.errors.UniqueViolation as exc:
-                _rollback(conn)  # two writers raced for one key: the later one is refused
-                raise Conflict(f"already exists: {reason(exc)}") from None
-            except BaseException:
-                _rollback(conn)
-                raise
-            finally:
-                self._cur, self._tx_now = None, None
+        local = self._local
+        cur: Cursor | None = getattr(local, "cur", None)
+        if cur is not None:  # a method here opened it to add to it: join it
+            yield cur
+            return
+        self._check_open()
+        conn = self._pool.take()
+        try:
+            with conn.cursor() as raw:
+                local.conn, local.cur, local.now = conn, _Cursor(raw), None
+                yield local.cur
+            conn.commit()
+        except psycopg.OperationalError as exc:
+            _rollback(conn)
+            raise StoreUnavailable(f"store {self.where}: {reason(exc)}") from None
+        except psycopg.errors.UniqueViolation as exc:
+            _rollback(conn)  # two writers raced for one key: the later one is refused
+            raise Conflict(f"already exists: {reason(exc)}") from None
+        except BaseException:
+            _rollback(conn)
+            raise
+        finally:
+            local.conn, local.cur, local.now = None, None, None
+            self._pool.give_back(conn)
+
+    @property
+    def _conn(self) -> Conn:
+        """The idle connection the next transaction gets (for tests that reach into it)."""
+        return self._pool.next_idle()
 
     def _insert(self, cur: Cursor, query: str, params: dict[str, Any]) -> int:
         cur.execute(query, params)  # the postgres insert queries end in RETURNING id
@@ -120,10 +139,12 @@ class PostgresStore(
         """The database's clock, read once per transaction: leases computed by servers on
         different hosts agree."""
         with self._tx(write=False):
-            if self._tx_now is None:
+            local = self._local
+            if local.now is None:
                 # Its own cursor: the transaction's cursor may hold rows not fetched yet.
-                self._tx_now = float(_value(self._conn.execute(self.q["db_now"])))
-            return self._tx_now
+                local.now = float(_value(local.conn.execute(self.q["db_now"])))
+            now: float = local.now
+            return now
 
     # --- changes that also lock rows in a fixed order or wake agents ---------------------
     def submit(self, submission: Submission) -> list[int]:
@@ -159,6 +180,8 @@ class PostgresStore(
 
     def claim(self, request: ClaimRequest) -> list[Claim]:
         """Claim queued jobs, walking the queue index whatever the statistics say."""
+        if request.limit <= 0:
+            return []  # (no transaction for nothing)
         with self._tx() as cur:
             cur.execute(self.q["claim_plan"])
             return super().claim(request)
@@ -232,8 +255,8 @@ class PostgresStore(
         return listener
 
     def close(self) -> None:
-        """Close the store's connection, its lock sessions (releasing their locks) and its
-        listeners."""
+        """Close the store's connections (those in a transaction when it ends), its lock
+        sessions (releasing their locks) and its listeners."""
         with self._lock:
             self._closed = True
             for listener in list(self._listeners):
@@ -241,18 +264,84 @@ class PostgresStore(
             for election in self._elections.values():
                 election.close()
             self._elections.clear()
-            self._conn.close()
-
-    def _connection(self) -> Conn:
-        self._check_open()
-        if not alive(self._conn):  # lost while idle (server restart, network): reconnect
-            self._conn.close()
-            self._conn = connect(self.url, self.where)
-        return self._conn
+            self._pool.close()
 
     def _check_open(self) -> None:
         if self._closed:
             raise StoreUnavailable(f"store {self.where}: closed")
+
+
+class _Pool:
+    """Idle connections of one store, handed to one transaction at a time. Opens another only
+    while every open one is in a transaction, up to `size`; replaces connections the server
+    ended while they were idle."""
+
+    def __init__(self, url: str, where: str, size: int) -> None:
+        self.url, self.where, self.size = url, where, max(1, size)
+        self._idle: list[Conn] = []
+        self._open = 0  # connections out in transactions plus idle ones
+        self._free = threading.Condition(threading.Lock())
+        self._closed = False
+
+    def put(self, conn: Conn) -> None:
+        """Add a connection opened elsewhere (the store's first)."""
+        with self._free:
+            self._open += 1
+            self._idle.append(conn)
+            self._free.notify()
+
+    def take(self) -> Conn:
+        """A live connection for one transaction (waits while `size` are in use)."""
+        with self._free:
+            while not self._idle and self._open >= self.size and not self._closed:
+                self._free.wait()
+            if self._closed:
+                raise StoreUnavailable(f"store {self.where}: closed")
+            conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                self._open += 1  # reserved: opened below, outside the lock
+        try:
+            if conn is None:
+                return connect(self.url, self.where)
+            if alive(conn):  # lost while idle (server restart, network): reconnect
+                return conn
+            conn.close()
+            return connect(self.url, self.where)
+        except BaseException:
+            with self._free:
+                self._open -= 1
+                self._free.notify()
+            raise
+
+    def next_idle(self) -> Conn:
+        """The idle connection `take` returns next (opening one if none is idle)."""
+        with self._free:
+            if self._idle:
+                return self._idle[-1]
+        conn = self.take()
+        self.give_back(conn)
+        return conn
+
+    def give_back(self, conn: Conn) -> None:
+        """Return a connection after its transaction (closing it if the pool is closed, or it
+        broke)."""
+        with self._free:
+            if self._closed or conn.closed or conn.info.transaction_status != _IDLE:
+                self._open -= 1
+                conn.close()
+            else:
+                self._idle.append(conn)
+            self._free.notify()
+
+    def close(self) -> None:
+        """Close the idle connections; busy ones are closed when they come back."""
+        with self._free:
+            self._closed = True
+            self._free.notify_all()
+            for conn in self._idle:
+                conn.close()
+                self._open -= 1
+            self._idle.clear()
 
 
 class _Cursor:

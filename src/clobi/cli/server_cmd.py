@@ -66,6 +66,11 @@ def register(subparsers: Any) -> None:
     server.add_argument("--tls-cert", metavar="FILE", type=Path, help="TLS certificate (PEM)")
     server.add_argument("--tls-key", metavar="FILE", type=Path, help="TLS private key (PEM)")
     server.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log every request (off by default: it costs the server CPU on every call)",
+    )
+    server.add_argument(
         "--public-url",
         metavar="URL",
         help="the URL machines started by the resource manager join (default: where it listens)",
@@ -137,6 +142,7 @@ def server_cmd(args: argparse.Namespace) -> int:
             ssl_certfile=config.tls_cert,
             ssl_keyfile=config.tls_key,
             log_level="info",
+            access_log=bool(getattr(args, "access_log", False)),
             timeout_graceful_shutdown=5,
         )
         try:

@@ -233,3 +233,39 @@ def test_clobi_outlets_run_delivers_from_the_session_until_sigterm(tmp_path: Pat
     assert proc.returncode == 0, err
     assert "delivering events to billing" in err and SECRET.decode() not in err
     assert [e["job_id"] for e in rx.accepted()] == jobs
+
+
+def test_one_runner_delivers_at_a_time_and_another_takes_over_when_it_stops(
+    tmp_path: Path,
+) -> None:
+    stores = [SqliteStore(tmp_path / "clobi.db") for _ in range(3)]
+    with receiver() as rx:
+        runners = [OutletRunner(s, [hook(rx.url)], poll_s=0.05, lock_ttl_s=1.0) for s in stores[:2]]
+        stops = [threading.Event() for _ in runners]
+        threads = [
+            threading.Thread(target=r.run, args=(e,)) for r, e in zip(runners, stops, strict=True)
+        ]
+        for t in threads:
+            t.start()
+        try:
+            wait_for(lambda: any(r.elected.is_set() for r in runners), 10, "an election")
+            time.sleep(0.5)
+            assert [r.elected.is_set() for r in runners].count(True) == 1
+            first = next(i for i, r in enumerate(runners) if r.elected.is_set())
+            jobs = stores[2].submit(make_submission(count=3))
+            wait_for(lambda: len(rx.accepted()) == 3, 10, "3 events")
+            stops[first].set()
+            threads[first].join(timeout=30)
+            wait_for(runners[1 - first].elected.is_set, 10, "the other runner to take over")
+            jobs += stores[2].submit(make_submission(count=2))
+            wait_for(lambda: len(rx.accepted()) == 5, 10, "2 more events")
+        finally:
+            for e in stops:
+                e.set()
+            for t in threads:
+                t.join(timeout=30)
+            for s in stores:
+                s.close()
+    assert [e["job_id"] for e in rx.accepted()] == jobs
+    assert runners[first].delivered == {"billing": 3}
+    assert runners[1 - first].delivered == {"billing": 2}

@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -50,6 +51,7 @@ class OutletRunner:
         self.poll_s, self.lock_ttl_s = poll_s, lock_ttl_s
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.elected = threading.Event()
+        self._held_until = 0.0  # (monotonic) the lock is surely ours until then
         self.delivered: dict[str, int] = {o.name: 0 for o in self.outlets}
         self._wake = {o.name: threading.Event() for o in self.outlets}
         self._halt = threading.Event()
@@ -85,7 +87,10 @@ class OutletRunner:
 
     def _elect(self) -> None:
         try:
+            asked = time.monotonic()
             held = self.store.try_lock(LOCK, self.owner, self.lock_ttl_s)
+            if held:
+                self._held_until = asked + self.lock_ttl_s
             if held and not self.elected.is_set():
                 self._take_office()
         except ClobiError as exc:
@@ -116,7 +121,7 @@ class OutletRunner:
         wake = self._wake[outlet.name]
         while not self._halt.is_set():
             busy = False
-            if self.elected.is_set():
+            if self._in_office():
                 try:
                     busy = self.deliver_once(outlet)
                 except ClobiError as exc:
@@ -125,6 +130,11 @@ class OutletRunner:
                 outlet.idle()
                 wake.wait(self.poll_s)
                 wake.clear()
+
+    def _in_office(self) -> bool:
+        # Also false when renewing has stalled (a store that hangs): past the lock's TTL
+        # another runner may have taken over, and two would interleave their sends.
+        return self.elected.is_set() and time.monotonic() < self._held_until
 
     # --- one batch ---------------------------------------------------------------------
     def deliver_once(self, outlet: Outlet) -> bool:

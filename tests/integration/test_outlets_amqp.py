@@ -210,6 +210,7 @@ def test_every_job_event_of_a_run_reaches_the_queue_once_in_order(
     assert body == {**body, "id": messages[0][0], "type": "job.submitted", "kind": "submitted"}
 
 
+@pytest.mark.slow
 def test_after_a_broker_restart_during_a_run_no_event_is_missing(
     session: Session, agents: Agents, queue: Queue
 ) -> None:

@@ -309,7 +309,7 @@ def test_every_dashboard_response_carries_the_security_headers(
         where = f"{answer.request.method} {answer.request.url.path} {answer.status_code}"
         assert answer.headers.get("content-security-policy") == CSP, where
         assert answer.headers.get("x-content-type-options") == "nosniff", where
-        assert answer.headers.get("referrer-policy") == "no-referrer", where
+        assert answer.headers.get("referrer-policy") == "same-origin", where
     assert "content-security-policy" not in api.http().get("/health").headers
 
 

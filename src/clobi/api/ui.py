@@ -4,8 +4,8 @@ live event stream. The JSON the pages show comes from `ui_data`; sessions and CS
 
 None of these routes is in the OpenAPI document: they are for browsers, with a session cookie
 instead of a bearer token. Every response under `/ui` carries a strict Content-Security-Policy
-(scripts and styles only from this server, no inline ones), `nosniff`, no referrer and
-`frame-ancestors 'none'`.
+(scripts and styles only from this server, no inline ones), `nosniff`, referrers only to itself
+and `frame-ancestors 'none'`.
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ CSP = (
 SECURITY_HEADERS = (
     (b"content-security-policy", CSP.encode()),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    # same-origin, not no-referrer: with no-referrer browsers send `Origin: null` on this site's own
+    # form posts (logout), which the same-origin check must then refuse.
+    (b"referrer-policy", b"same-origin"),
     (b"x-frame-options", b"DENY"),
 )
 MAX_FORM_BYTES = 16 * 1024

@@ -4,7 +4,7 @@ const SVG = "http://www.w3.org/2000/svg";
 const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2"];
 const W = 600;
 const H = 180;
-const PAD = { left: 40, right: 10, top: 10, bottom: 22 };
+const PAD = { left: 54, right: 10, top: 10, bottom: 22 };
 
 function svg(tag, attrs = {}, text = null) {
   const node = document.createElementNS(SVG, tag);
@@ -41,8 +41,8 @@ export function lineChart(container, series, { since, until, unit = "" } = {}) {
     root.append(svg("text", { x: PAD.left - 4, y: y(v) + 3, "text-anchor": "end" }, `${+v.toPrecision(3)}${unit}`));
     root.append(svg("line", { class: "axis", x1: PAD.left, y1: y(v), x2: W - PAD.right, y2: y(v), "stroke-dasharray": "2 3" }));
   }
-  for (const t of [t0, (t0 + t1) / 2, t1]) {
-    root.append(svg("text", { x: x(t), y: H - 6, "text-anchor": "middle" }, clock(t)));
+  for (const [t, anchor] of [[t0, "start"], [(t0 + t1) / 2, "middle"], [t1, "end"]]) {
+    root.append(svg("text", { x: x(t), y: H - 6, "text-anchor": anchor }, clock(t)));
   }
   if (names.length === 0) {
     root.append(svg("text", { class: "empty", x: W / 2, y: H / 2, "text-anchor": "middle" }, "no data yet"));

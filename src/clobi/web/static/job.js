@@ -43,13 +43,13 @@ function timeline(attempts) {
   const now = Date.now() / 1000;
   const t0 = Math.min(...attempts.map((a) => a.started_at));
   const t1 = Math.max(now, ...attempts.map((a) => a.ended_at ?? now));
-  const width = 600;
+  const width = 1000;
   const rowH = 18;
   const svg = document.createElementNS(SVG, "svg");
   svg.setAttribute("viewBox", `0 0 ${width} ${attempts.length * rowH + 6}`);
   const colors = { succeeded: "#16a34a", running: "#2563eb", failed: "#dc2626", timed_out: "#dc2626", lost: "#d97706", cancelled: "#9ca3af" };
   attempts.forEach((a, i) => {
-    const x = (t) => 110 + ((t - t0) / Math.max(1, t1 - t0)) * (width - 120);
+    const x = (t) => 160 + ((t - t0) / Math.max(1, t1 - t0)) * (width - 170);
     const rect = document.createElementNS(SVG, "rect");
     const end = a.ended_at ?? now;
     rect.setAttribute("x", x(a.started_at).toFixed(1));
@@ -60,7 +60,7 @@ function timeline(attempts) {
     const label = document.createElementNS(SVG, "text");
     label.setAttribute("x", "4");
     label.setAttribute("y", String(i * rowH + 15));
-    label.textContent = `#${a.id} ${a.agent_name}`.slice(0, 20);
+    label.textContent = `#${a.id} ${a.agent_name}`.slice(0, 28);
     const tip = document.createElementNS(SVG, "title");
     tip.textContent = `${a.state} ${fmtTime(a.started_at)} – ${fmtTime(a.ended_at)} ${a.reason}`;
     rect.append(tip);

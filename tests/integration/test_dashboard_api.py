@@ -70,6 +70,7 @@ def test_an_admin_filters_by_owner_and_sorts_by_update(api: Api) -> None:
         {"sort": "updated", "after_id": 3, "after_value": "nan"},
         {"offset": 10_001},
         {"text": "a\x00b"},
+        {"tag": "a\x00b"},
     ],
 )
 def test_a_listing_refuses_bad_sorts_cursors_and_offsets(api: Api, params: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
+from pydantic import Field
 
 from clobi.api.deps import ServerState, State, User, visible_job, visible_jobs
 from clobi.api.errors import responses
@@ -44,6 +45,7 @@ PAGE_MAX = 1000
 OFFSET_MAX = 10_000  # jumping further walks too many rows: page with the cursor instead
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL characters
 JobSort = Literal["id", "created", "priority", "state", "updated"]
+Text = Annotated[str, Field(pattern=NO_NUL)]
 
 
 def scoped_key(owner: str, key: str | None) -> str | None:
@@ -86,7 +88,7 @@ def list_jobs(
     principal: User,
     state: State,
     states: Annotated[list[JobState] | None, Query(alias="state")] = None,
-    tags: Annotated[list[str] | None, Query(alias="tag")] = None,
+    tags: Annotated[list[Text] | None, Query(alias="tag")] = None,
     ids: Annotated[list[Id] | None, Query(alias="id", max_length=1000)] = None,
     owner: Annotated[str | None, Query(max_length=200, pattern=NO_NUL)] = None,
     text: Annotated[str | None, Query(max_length=200, pattern=NO_NUL)] = None,

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from clobi.api.ui_events import EventHub, Subscriber
+from clobi.errors import StoreUnavailable
 from clobi.model.auth import Principal, Role
 from clobi.model.records import Event, JobFilter, JobRecord
 from clobi.model.states import JobState
@@ -58,6 +59,7 @@ class FakeStore:
     def __init__(self) -> None:
         self.visible: dict[int, Event] = {}
         self.event_calls = 0
+        self.failures = 0
 
     def show(self, *events: Event) -> None:
         for e in events:
@@ -67,6 +69,9 @@ class FakeStore:
         self, job_id: int | None = None, after_id: int = 0, limit: int = 1000
     ) -> list[Event]:
         self.event_calls += 1
+        if self.failures > 0:
+            self.failures -= 1
+            raise StoreUnavailable("the store is away")
         found = sorted((e for i, e in self.visible.items() if i > after_id), key=lambda e: e.id)
         return found[:limit]
 
@@ -102,6 +107,26 @@ def test_history_is_not_replayed_and_new_events_reach_every_follower_once() -> N
         await asyncio.sleep(0.1)
         assert all(sub.queue.empty() for sub in subs)
         assert [e.id for e in hub.recent(ADMIN, 3)] == [3002, 3001, 3000]
+        await hub.close()
+
+    run(scenario)
+
+
+def test_a_store_away_at_start_delays_the_tail_but_never_replays_history() -> None:
+    store = FakeStore()
+    store.show(*(event(i) for i in range(1, 51)))
+    store.failures = 2
+    hub = EventHub(store, poll_s=0.01)
+
+    async def scenario() -> None:
+        await hub.started()  # pages do not wait for the store to come back
+        sub, _ = hub.subscribe(ADMIN, None)
+        await asyncio.sleep(2.5)  # the tail tries reading the history again each second
+        assert store.failures == 0
+        store.show(event(51))
+        assert await received(sub, 1) == [51]
+        await asyncio.sleep(0.1)
+        assert sub.queue.empty()
         await hub.close()
 
     run(scenario)

@@ -10,6 +10,7 @@ and `frame-ancestors 'none'`.
 
 from __future__ import annotations
 
+import secrets
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -178,7 +179,7 @@ def _safe_next(target: str | None) -> str:
 
 
 def _login_page(request: Request, message: str = "", status: int = 200) -> HTMLResponse:
-    form_id = web_token()
+    form_id = secrets.token_urlsafe(18)
     html = web.render(
         "login",
         layout=None,
@@ -193,12 +194,6 @@ def _login_page(request: Request, message: str = "", status: int = 200) -> HTMLR
         response, request, LOGIN_COOKIE, form_id, max_age=int(LOGIN_FORM_TTL_S), path="/ui/login"
     )
     return response
-
-
-def web_token() -> str:
-    import secrets
-
-    return secrets.token_urlsafe(18)
 
 
 @router.get("/ui/login")

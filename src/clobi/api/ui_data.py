@@ -306,13 +306,15 @@ class InstancesIn(BaseModel):
 
 
 @router.get("/pools")
-def list_pools(request: Request, session: UiReader, state: State) -> dict[str, Any]:
+async def list_pools(request: Request, session: UiReader, state: State) -> dict[str, Any]:
     """The declared pools with their instances and agents, and (for admins) the resource
     manager's recent decisions."""
-    found = pools.pools(request, session.principal, state)
+    found = await run_in_threadpool(pools.pools, request, session.principal, state)
     decisions: list[Event] = []
     if session.principal.is_admin:
-        decisions = _hub(request).decisions(100)
+        hub = _hub(request)
+        await hub.started()
+        decisions = hub.decisions(100)
     return {
         "pools": [p.model_dump(mode="json") for p in found],
         "decisions": _events(decisions),

@@ -18,6 +18,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import logging
 import secrets
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -28,7 +29,10 @@ from fastapi.concurrency import run_in_threadpool
 from clobi.model.auth import Principal
 from clobi.model.records import Event, JobFilter, JobRecord
 
+log = logging.getLogger("clobi.api.ui")
+
 POLL_S = 0.25
+RETRY_PRIME_S = 1.0
 WINDOW_IDS = 256
 RECENT_MAX = 2000
 DECISIONS_MAX = 200
@@ -156,18 +160,19 @@ class EventHub:
                 await self._task
 
     async def _run(self, primed: asyncio.Event) -> None:
-        try:
-            await run_in_threadpool(self._prime)
-        finally:
-            primed.set()
+        ready = False  # the newest event is known: only then is anything published
         while not self.stopping:
-            await asyncio.sleep(self.poll_s)
             try:
-                fresh = await run_in_threadpool(self._poll)
+                if ready:
+                    for event, owner in await run_in_threadpool(self._poll):
+                        self._publish(event, owner)
+                else:
+                    await run_in_threadpool(self._prime)
+                    ready = True
             except Exception:  # the store is away for a moment: the tail goes on
-                fresh = []
-            for event, owner in fresh:
-                self._publish(event, owner)
+                log.warning("dashboard events: reading the store failed", exc_info=True)
+            primed.set()  # pages wait for the first try only, whatever it gave
+            await asyncio.sleep(self.poll_s if ready else RETRY_PRIME_S)
         for sub in list(self._subscribers):
             sub.drop()
 

@@ -230,15 +230,18 @@ class Agent:
             log.warning("sweep failed: %s", exc)
 
     def _report_and_claim(self, now: float) -> None:
+        # Jobs claimed earlier start first: they run while this turn's transaction commits.
+        self._start_backlog()
         request = self._claim_request(now)
         due = self._report_due(now)
         if not due and request is None:
-            self._start_backlog()
             return
         try:
             # Storing outputs may fail too (a remote sandbox): then everything is retried
-            # next turn; outputs already stored are not stored again.
-            outcomes = [self._outcome(a) for a in self.done] if due else []
+            # next turn; outputs already stored are not stored again. A claim carries the
+            # finished outcomes along: one commit instead of two.
+            report = due or (request is not None and bool(self.done))
+            outcomes = [self._outcome(a) for a in self.done] if report else []
             if outcomes:
                 refused, claims = self.store.finish(self.agent_id, outcomes, request)
                 for attempt_id in refused:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SHORT_JOB_S = 0.05  # jobs faster than this are worth batching
-PREFETCH_PER_SLOT = 8  # backlog depth per slot while jobs are short
+PREFETCH_PER_SLOT = 16  # backlog depth per slot while jobs are short
 REPORT_BATCH = 32  # report at once when this many outcomes wait
 REPORT_DELAY_S = 0.02  # longest a finished short job waits for company
 _EWMA_WEIGHT = 0.2

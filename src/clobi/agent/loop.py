@@ -121,9 +121,6 @@ class Agent:
         if now >= self.clock.next_heartbeat:
             self._heartbeat(now)
         self._fence(now)
-        if self.draining.is_set() and self.bell is not None:
-            self.bell.close()  # it claims nothing more: rings go to the other agents
-            self.bell = None
         if now >= self.clock.next_sweep:
             self._sweep(now)
         self._report_and_claim(now)

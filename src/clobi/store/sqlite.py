@@ -2,32 +2,24 @@
 `BEGIN IMMEDIATE` with a long busy timeout so contention waits instead of failing.
 
 Submits ring a doorbell (a unix datagram socket per waiting agent next to the database) so
-an idle agent wakes at once without polling the file: one agent per ring, passed on by the
-agent's own claims here when it takes a full batch or nothing (see `bells`).
-
-Checkpoints: SQLite's automatic checkpoint runs inside the commit that crosses its threshold,
-which made that commit (and the job waiting on it) several times slower. The threshold is
-raised to a backstop, and an agent of this store whose claim finds the queue empty (it is about
-to sleep) copies the WAL back with a PASSIVE checkpoint, which never waits for nor blocks
-other connections' transactions.
+idle agents wake at once without polling the file.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from clobi.errors import Conflict, SessionError, StoreUnavailable
-from clobi.model.records import Claim, Outcome, Submission, SweepResult
+from clobi.model.records import Submission, SweepResult
 from clobi.store import queries
-from clobi.store.base import ClaimRequest, Store, Wakeup
-from clobi.store.bells import Bell, Bells
+from clobi.store.base import Store, Wakeup
+from clobi.store.bells import Bells
 from clobi.store.sqlcore import Cursor
 from clobi.store.sqlinstances import SqlInstances
 from clobi.store.sqljobs import SqlJobs
@@ -38,12 +30,6 @@ from clobi.store.sqltokens import SqlTokens
 from clobi.store.sqlwork import SqlWork
 
 BUSY_TIMEOUT_S = 120.0
-# The backstop: the WAL is checkpointed inside a commit only when it holds this many pages
-# (~32 MiB); idle agents checkpoint long before.
-WAL_AUTOCHECKPOINT_PAGES = 8000
-# An agent that finds the queue empty checkpoints once its store committed this many writes.
-IDLE_CHECKPOINT_COMMITS = 64
-_AGENT_BELL = re.compile(r"agent-(\d+)")
 
 
 class SqliteStore(SqlJobs, SqlWork, SqlTokens, SqlLogs, SqlInstances, SqlOutbox, SqlSeries, Store):
@@ -55,8 +41,6 @@ class SqliteStore(SqlJobs, SqlWork, SqlTokens, SqlLogs, SqlInstances, SqlOutbox,
         self._lock = threading.RLock()
         self._conn = _connect(self.path)
         self.bells = Bells(self.path.with_name(self.path.name + ".bells"))
-        self._agent_bells: dict[int, Bell] = {}  # agents of this process, by agent id
-        self._commits = 0  # write commits since this store's last checkpoint
         migrate(self._conn)
 
     @classmethod
@@ -74,7 +58,6 @@ class SqliteStore(SqlJobs, SqlWork, SqlTokens, SqlLogs, SqlInstances, SqlOutbox,
                 _begin(cur, write)
                 yield cur
                 cur.execute("COMMIT")
-                self._commits += write
             except sqlite3.OperationalError as exc:
                 _rollback(self._conn)
                 raise StoreUnavailable(f"store {self.path}: {exc}") from None
@@ -107,61 +90,8 @@ class SqliteStore(SqlJobs, SqlWork, SqlTokens, SqlLogs, SqlInstances, SqlOutbox,
             self.bells.ring()
         return result
 
-    def claim(self, request: ClaimRequest) -> list[Claim]:
-        bell = self._claiming(request)
-        claims = super().claim(request)
-        self._claimed(bell, request, len(claims))
-        return claims
-
-    def finish(
-        self, agent_id: int, outcomes: Sequence[Outcome], then: ClaimRequest | None = None
-    ) -> tuple[list[int], list[Claim]]:
-        bell = self._claiming(then)
-        refused, claims = super().finish(agent_id, outcomes, then)
-        self._claimed(bell, then, len(claims))
-        return refused, claims
-
-    def _claiming(self, request: ClaimRequest | None) -> Bell | None:
-        """Before a claim of a local agent: mark it idle, so a ring for work committed while
-        it claims (and that its claim may not see) comes to it."""
-        if request is None or request.limit <= 0:
-            return None
-        bell = self._agent_bells.get(request.agent_id)
-        if bell is not None:
-            bell.want(idle=True)
-        return bell
-
-    def _claimed(self, bell: Bell | None, request: ClaimRequest | None, got: int) -> None:
-        if bell is None or request is None:
-            return
-        full = got >= request.limit
-        if full:
-            bell.want(idle=False)  # it claims again when it has room, rung or not
-        hops = bell.take_ring()
-        if hops is not None and (full or got == 0):
-            # Woken for work: more may be queued, or what is queued did not fit this agent.
-            self.bells.ring(hops + 1, skip=bell.name)
-        if not full:
-            self._checkpoint_when_idle(bell)
-
-    def _checkpoint_when_idle(self, bell: Bell) -> None:
-        if self._commits < IDLE_CHECKPOINT_COMMITS:
-            return
-        bell.want(idle=False)  # meanwhile rings go to another agent, if there is one
-        try:
-            with self._lock, contextlib.suppress(sqlite3.Error):
-                self._commits = 0
-                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        finally:
-            bell.want(idle=True)
-
     def listen(self, name: str) -> Wakeup | None:
-        """A doorbell; one named `agent-<id>` is that agent's (woken one agent at a time)."""
-        agent = _AGENT_BELL.fullmatch(name)
-        bell = self.bells.listen(name, agent=agent is not None)
-        if agent is not None:
-            self._agent_bells[int(agent.group(1))] = bell
-        return bell
+        return self.bells.listen(name)
 
     def close(self) -> None:
         with self._lock:
@@ -176,7 +106,6 @@ def _connect(path: Path) -> sqlite3.Connection:
         )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
-        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         conn.execute("PRAGMA foreign_keys=OFF")
         return conn
     except (sqlite3.Error, OSError) as exc:

@@ -435,3 +435,27 @@ def test_a_manager_killed_mid_burst_is_replaced_and_nothing_is_lost_or_doubled(
             assert states.count("succeeded") == 1, (job.id, states)
     finally:
         store.close()
+
+
+def test_scaling_a_pool_at_runtime_is_written_to_the_file_and_followed_without_restart(
+    pools_session: Session, tmp_path: Path
+) -> None:
+    session = pools_session
+    declare(session, HAND.replace("min = 2\nmax = 2", "min = 1\nmax = 1"))
+    root = str(session.root)
+    store = session.open_store()
+    manager = Manager(session, tmp_path / "manager.log")
+    try:
+        wait_for("one instance", lambda: _live(store, "cloud") == 1, 20, manager.log)
+        scaled = clobi("pool", "scale", "cloud", "--min", "3", "--max", "3", "--session", root)
+        assert scaled.returncode == 0, scaled.stderr
+        config = (session.root / "clobi.toml").read_text()
+        assert "min = 3" in config and "max = 3" in config
+        assert "min = 1" in (session.root / "clobi.toml.bak").read_text()
+        wait_for("three instances", lambda: _live(store, "cloud") == 3, 20, manager.log)
+        assert manager.proc.poll() is None  # the same manager process
+        events = [e.detail for e in store.events(limit=100_000) if e.kind == "manager_launch"]
+        assert any("min 3" in d for d in events), events
+    finally:
+        assert manager.stop() == 0
+        store.close()

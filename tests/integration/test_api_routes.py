@@ -418,3 +418,14 @@ def test_tokens_never_reach_the_logs(api: Api, caplog: pytest.LogCaptureFixture)
         secret = text.split("_", 2)[2]  # the secret itself may contain "_"
         assert secret not in caplog.text
     assert "not-a-real-secret" not in caplog.text
+
+
+def test_a_token_an_admin_revokes_is_refused_at_once_by_this_server(api: Api) -> None:
+    admin = api.token(Role.ADMIN, "root")
+    user = api.token(Role.USER, "carol")
+    carol = api.http(user)
+    assert carol.get("/api/v1/jobs").status_code == 200  # now in the server's token cache
+    token_id = user.split("_", 2)[1]
+    answer = api.http(admin).delete(f"/api/v1/tokens/{token_id}")
+    assert answer.json() == {"revoked": True}
+    assert carol.get("/api/v1/jobs").status_code == 401

@@ -89,5 +89,8 @@ def list_tokens(principal: Admin, state: State) -> list[TokenOut]:
     "/tokens/{token_id}", response_model=RevokedOut, responses=responses(401, 403, 422, 503)
 )
 def revoke_token(token_id: str, principal: Admin, state: State) -> RevokedOut:
-    """Revoke a token; `revoked` is false when it was unknown or already revoked."""
-    return RevokedOut(revoked=state.store.revoke_token(token_id))
+    """Revoke a token; `revoked` is false when it was unknown or already revoked. This server
+    refuses it at once; other servers of the session within their 2 s token cache."""
+    revoked = state.store.revoke_token(token_id)
+    state.tokens.forget(token_id)
+    return RevokedOut(revoked=revoked)

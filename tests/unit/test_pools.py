@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -70,3 +71,19 @@ def test_manager_settings_have_defaults_and_checked_values() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_manager({"tick": 0, "budget": 3})
     assert [p.split(":")[0] for p in caught.value.problems] == ["manager.tick", "manager.budget"]
+
+
+def test_a_pools_file_lists_its_value_problems_and_unknown_providers_together(
+    tmp_path: Path,
+) -> None:
+    from clobi.manager.config import read_pools
+
+    config = tmp_path / "clobi.toml"
+    config.write_text('[pools.x]\nprovider = "nope"\nmax = -1\n[pools.y]\nprovider = "cloud9"\n')
+    with pytest.raises(ConfigError) as caught:
+        read_pools(config)
+    assert caught.value.problems == [
+        "pools.x.max: must be from 0 to 100000, not -1",
+        "pools.x.provider: unknown provider 'nope' (known: ec2, local, simulated, ssh)",
+        "pools.y.provider: unknown provider 'cloud9' (known: ec2, local, simulated, ssh)",
+    ]

@@ -42,11 +42,30 @@ def read_pools(path: Path) -> PoolConfig:
         return PoolConfig((), ManagerSettings())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError([str(exc)], str(path)) from None
-    pools = parse_pools(data.get("pools", {}), str(path))
+    try:
+        pools = parse_pools(data.get("pools", {}), str(path))
+    except ConfigError as exc:  # with what the providers would say too
+        raise ConfigError([*exc.problems, *_unknown_providers(data)], str(path)) from None
     problems = [f"pools.{p.name}.{problem}" for p in pools for problem in check_provider(p)]
     if problems:
         raise ConfigError(problems, str(path))
     return PoolConfig(tuple(pools), parse_manager(data.get("manager", {}), str(path)))
+
+
+def _unknown_providers(data: dict[str, Any]) -> list[str]:
+    from clobi.manager.providers.registry import PROVIDERS
+
+    table = data.get("pools", {})
+    if not isinstance(table, dict):
+        return []
+    known = ", ".join(sorted(PROVIDERS))
+    return [
+        f"pools.{name}.provider: unknown provider {body['provider']!r} (known: {known})"
+        for name, body in table.items()
+        if isinstance(body, dict)
+        and isinstance(body.get("provider"), str)
+        and body["provider"] not in PROVIDERS
+    ]
 
 
 def change_pool(path: Path, name: str, change: Callable[[PoolSpec], PoolSpec]) -> PoolSpec:

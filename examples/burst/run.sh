@@ -30,6 +30,10 @@ echo "waiting for the cloud to drain back to nothing"
 until $clobi instances --pool cloud --json | grep -q '^\[\]$'; do show; sleep 4; done
 show
 
+echo "done; letting the owned pool go too, so that nothing is left running"
+$clobi pool scale owned --min 0 --max 0 >/dev/null
+until $clobi instances --json | grep -q '^\[\]$'; do sleep 1; done
+
 echo; echo "decisions:"
 $clobi events --limit 1000 | grep manager_ || true
 echo; $clobi pool show cloud | sed -n '1,6p'

@@ -124,3 +124,22 @@ def client_of(session: Session) -> Iterator[Client]:
         yield client
     finally:
         client.close()
+
+
+def terminate_pool_machines(session: Session) -> None:
+    """Stop every machine the session's pools' providers started (agents that joined a
+    server do not name the session on their command line, so a test cannot find them
+    otherwise)."""
+    from clobi.manager.config import read_pools
+    from clobi.manager.loop import join_info
+    from clobi.manager.providers.registry import provider_class
+
+    store = session.open_store()
+    try:
+        join = join_info(session, store, "http://127.0.0.1:1")
+        for pool in read_pools(session.root / "clobi.toml").pools:
+            ids = [i.provider_id for i in store.list_instances(pool.name) if i.provider_id]
+            if ids:
+                provider_class(pool.provider)(pool, join).terminate(ids)
+    finally:
+        store.close()

@@ -30,7 +30,7 @@ import httpx
 import pytest
 
 from clobi.session import Session
-from tests.acceptance.harness import fast_session
+from tests.acceptance.harness import fast_session, terminate_pool_machines
 from tests.conftest import need
 
 pytestmark = pytest.mark.slow
@@ -209,6 +209,7 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[[str], Server]]:
         began = time.monotonic()
         assert stop(proc) in (0, -signal.SIGTERM), log.read_text()
         assert time.monotonic() - began < 10, log.read_text()
+        terminate_pool_machines(server.session)  # the manager's machines outlive the server
         assert "Traceback" not in log.read_text(), log.read_text()
 
 

@@ -22,7 +22,7 @@ from clobi.model.instances import InstanceState
 from clobi.model.records import JobFilter
 from clobi.model.states import JobState
 from clobi.session import Session
-from tests.acceptance.harness import clobi, fast_session
+from tests.acceptance.harness import clobi, fast_session, terminate_pool_machines
 
 pytestmark = pytest.mark.slow
 
@@ -94,7 +94,9 @@ def pools_session(tmp_path: Path) -> Iterator[Session]:
 
 
 def _terminate_everything(session: Session) -> None:
-    """Whatever a failed test left: every agent process of this session."""
+    """Whatever a test left: every machine its pools' providers started, and every process
+    naming the session on its command line."""
+    terminate_pool_machines(session)
     mine = str(session.root)
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or int(pid) == os.getpid():

@@ -23,10 +23,7 @@ Commits are durable: `synchronous_commit` is raised to `on` if the server has it
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
-import re
-import select
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from enum import Enum
@@ -35,10 +32,22 @@ from typing import Any
 import psycopg
 import psycopg.errors
 
-from clobi.errors import Conflict, SessionError, StoreUnavailable
+from clobi.errors import Conflict, StoreUnavailable
 from clobi.model.records import Claim, Outcome, Submission, SweepResult
 from clobi.store import queries
 from clobi.store.base import ClaimRequest, Store, Wakeup
+from clobi.store.pgconn import (
+    DIALECT,
+    Conn,
+    alive,
+    connect,
+    pyformat,
+    reason,
+    redact,
+)
+from clobi.store.pgconn import PgCursor as _Cursor
+from clobi.store.pgconn import Pool as _Pool
+from clobi.store.pgconn import rollback as _rollback
 from clobi.store.sqlcore import Cursor
 from clobi.store.sqlinstances import SqlInstances
 from clobi.store.sqljobs import SqlJobs
@@ -49,8 +58,6 @@ from clobi.store.sqltokens import SqlTokens
 from clobi.store.sqlwork import SqlWork
 
 CHANNEL = "clobi_work"
-DIALECT = "postgres"
-MIN_SERVER_VERSION = 140000  # idle_session_timeout, which times out sweeper elections
 # Connections one store opens at most for transactions running at the same time (threads
 # beyond that wait for one to be free).
 POOL_SIZE = 4
@@ -58,9 +65,6 @@ POOL_SIZE = 4
 # First halves of Clobi's two-part advisory lock keys, one per use, so a blocking lock of one
 # use can never wait on a lock of another: "CLOB" + 1, 2, 3.
 NS_MIGRATE, NS_ELECTION, NS_SUBMIT = 0x434C4F41 + 1, 0x434C4F41 + 2, 0x434C4F41 + 3
-
-Conn = psycopg.Connection[Any]
-_IDLE = psycopg.pq.TransactionStatus.IDLE
 
 
 class PostgresStore(
@@ -271,102 +275,6 @@ class PostgresStore(
             raise StoreUnavailable(f"store {self.where}: closed")
 
 
-class _Pool:
-    """Idle connections of one store, handed to one transaction at a time. Opens another only
-    while every open one is in a transaction, up to `size`; replaces connections the server
-    ended while they were idle."""
-
-    def __init__(self, url: str, where: str, size: int) -> None:
-        self.url, self.where, self.size = url, where, max(1, size)
-        self._idle: list[Conn] = []
-        self._open = 0  # connections out in transactions plus idle ones
-        self._free = threading.Condition(threading.Lock())
-        self._closed = False
-
-    def put(self, conn: Conn) -> None:
-        """Add a connection opened elsewhere (the store's first)."""
-        with self._free:
-            self._open += 1
-            self._idle.append(conn)
-            self._free.notify()
-
-    def take(self) -> Conn:
-        """A live connection for one transaction (waits while `size` are in use)."""
-        with self._free:
-            while not self._idle and self._open >= self.size and not self._closed:
-                self._free.wait()
-            if self._closed:
-                raise StoreUnavailable(f"store {self.where}: closed")
-            conn = self._idle.pop() if self._idle else None
-            if conn is None:
-                self._open += 1  # reserved: opened below, outside the lock
-        try:
-            if conn is None:
-                return connect(self.url, self.where)
-            if alive(conn):  # lost while idle (server restart, network): reconnect
-                return conn
-            conn.close()
-            return connect(self.url, self.where)
-        except BaseException:
-            with self._free:
-                self._open -= 1
-                self._free.notify()
-            raise
-
-    def next_idle(self) -> Conn:
-        """The idle connection `take` returns next (opening one if none is idle)."""
-        with self._free:
-            if self._idle:
-                return self._idle[-1]
-        conn = self.take()
-        self.give_back(conn)
-        return conn
-
-    def give_back(self, conn: Conn) -> None:
-        """Return a connection after its transaction (closing it if the pool is closed, or it
-        broke)."""
-        with self._free:
-            if self._closed or conn.closed or conn.info.transaction_status != _IDLE:
-                self._open -= 1
-                conn.close()
-            else:
-                self._idle.append(conn)
-            self._free.notify()
-
-    def close(self) -> None:
-        """Close the idle connections; busy ones are closed when they come back."""
-        with self._free:
-            self._closed = True
-            self._free.notify_all()
-            for conn in self._idle:
-                conn.close()
-                self._open -= 1
-            self._idle.clear()
-
-
-class _Cursor:
-    """A psycopg cursor that takes the shared queries' `:name` parameters."""
-
-    def __init__(self, raw: psycopg.Cursor[Any]) -> None:
-        self._raw = raw
-
-    def execute(self, sql: str, params: Any = None, /) -> Any:
-        return self._raw.execute(sql if params is None else pyformat(sql), params)
-
-    def executemany(self, sql: str, params: Any, /) -> Any:
-        return self._raw.executemany(pyformat(sql), params)
-
-    def fetchone(self) -> Any:
-        return self._raw.fetchone()
-
-    def fetchall(self) -> list[Any]:
-        return self._raw.fetchall()
-
-    @property
-    def rowcount(self) -> int:
-        return self._raw.rowcount
-
-
 class _Held(Enum):
     TAKEN = "taken"  # this call took the advisory lock
     RENEWED = "renewed"  # this store already held it
@@ -466,43 +374,7 @@ class _Listener:
             return None
 
 
-# --- connections, migrations, parameters -----------------------------------------------------
-def connect(url: str, where: str, autocommit: bool = False) -> Conn:
-    """A connection set up for Clobi: READ COMMITTED, durable commits, never idled out."""
-    try:
-        conn = psycopg.connect(url, autocommit=autocommit, fallback_application_name="clobi")
-    except psycopg.Error as exc:
-        raise StoreUnavailable(f"store {where}: cannot connect: {reason(exc)}") from None
-    try:
-        if conn.info.server_version < MIN_SERVER_VERSION:
-            raise SessionError(f"store {where}: needs PostgreSQL 14 or newer")
-        conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
-        conn.execute(queries.load(dialect=DIALECT)["session_setup"])
-        if not autocommit:
-            conn.commit()
-    except psycopg.Error as exc:
-        conn.close()
-        raise StoreUnavailable(f"store {where}: setting up a connection: {reason(exc)}") from None
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def alive(conn: Conn) -> bool:
-    """False when the server ended the connection while it was idle (restart, termination,
-    idle timeout). Costs one poll of the socket; reads only if something is pending."""
-    if conn.closed:
-        return False
-    try:
-        if select.select([conn.fileno()], [], [], 0)[0]:
-            conn.pgconn.consume_input()
-            conn.pgconn.consume_input()  # the first read may stop at the server's last words
-    except (psycopg.OperationalError, OSError):
-        return False
-    return not conn.closed
-
-
+# --- migrations ---------------------------------------------------------------------------------
 def migrate(conn: Conn) -> int:
     """Bring the schema to the newest migration; returns the version. Concurrent starters
     queue on an advisory lock and find the work done."""
@@ -537,46 +409,3 @@ def _value(cur: psycopg.Cursor[Any]) -> Any:
     if row is None:
         raise StoreUnavailable("the database returned no row where one was due")
     return row[0]
-
-
-_TOKENS = re.compile(
-    r"""'(?:[^']|'')*'      # a string literal
-      | "(?:[^"]|"")*"      # a quoted identifier
-      | --[^\n]*            # a comment
-      | /\*.*?\*/           # a block comment
-      | ::                  # a cast, not a parameter
-      | :([A-Za-z_]\w*)     # a parameter
-      | %                   # psycopg's placeholder character
-    """,
-    re.VERBOSE | re.DOTALL,
-)
-
-
-@functools.lru_cache(maxsize=1024)
-def pyformat(sql: str) -> str:
-    """`:name` parameters as psycopg's `%(name)s`; casts, quoted text and comments are kept
-    and `%` escaped. Translated on the final text, because the shared code composes queries
-    (`.format()`, appended clauses) after loading them; the cache makes it once per text."""
-
-    def one(match: re.Match[str]) -> str:
-        if match.group(1):
-            return f"%({match.group(1)})s"
-        return match.group(0).replace("%", "%%")
-
-    return _TOKENS.sub(one, sql)
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    url = re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
-    return re.sub(r"(password=)[^&\s]*", r"\1***", url)
-
-
-def reason(exc: BaseException) -> str:
-    """The first line of a driver error (its DETAIL and HINT lines are for logs)."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def _rollback(conn: Conn) -> None:
-    with contextlib.suppress(psycopg.Error):
-        conn.rollback()

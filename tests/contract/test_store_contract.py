@@ -74,6 +74,21 @@ def test_a_claim_honours_required_labels(store: Store) -> None:
     assert [c.job_id for c in got] == job
 
 
+def test_a_claim_that_finds_nothing_it_may_take_changes_nothing(store: Store) -> None:
+    agent = store.register_agent(make_agent())
+    assert claim(store, agent) == []  # nothing queued
+    (later,) = store.submit(make_submission(retries=Retries(count=1, backoff_s=60)))
+    (c,) = claim(store, agent)
+    store.finish(agent, [failed(c.attempt_id)])  # queued again, due in a minute
+    too_big = store.submit(make_submission(cpus=8))
+    labelled = store.submit(make_submission(requires=("ssd",)))
+    events = store.events()
+    assert claim(store, agent) == []
+    assert store.events() == events
+    for job_id in (later, *too_big, *labelled):
+        assert store.get_job(job_id).state is JobState.QUEUED
+
+
 def test_a_claim_creates_a_leased_attempt_and_marks_the_job_running(store: Store) -> None:
     (job_id,) = store.submit(make_submission())
     agent = store.register_agent(make_agent())

@@ -6,6 +6,9 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
+from clobi.errors import StoreUnavailable
 from clobi.store import queries
 from clobi.store.base import ClaimRequest, LogTail
 from clobi.store.sqlite import SqliteStore, migrate
@@ -41,6 +44,40 @@ def test_the_store_is_durable_wal_with_full_sync(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     finally:
+        store.close()
+
+
+def test_a_claim_that_finds_nothing_does_not_wait_for_the_write_lock(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "c.db")
+    writer = sqlite3.connect(tmp_path / "c.db", isolation_level=None)
+    try:
+        agent = store.register_agent(make_agent())
+        store.submit(make_submission(cpus=8))
+        store._conn.execute("PRAGMA busy_timeout = 50")  # fail fast instead of waiting 120 s
+        version = writer.execute("PRAGMA data_version").fetchone()[0]
+        writer.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        assert store.claim(ClaimRequest(agent, capacity(), 4, 30.0)) == []
+        writer.execute("COMMIT")
+        assert writer.execute("PRAGMA data_version").fetchone()[0] == version
+    finally:
+        writer.close()
+        store.close()
+
+
+def test_a_claim_that_may_take_a_job_still_waits_for_the_write_lock(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "c.db")
+    writer = sqlite3.connect(tmp_path / "c.db", isolation_level=None)
+    try:
+        agent = store.register_agent(make_agent())
+        store.submit(make_submission())
+        store._conn.execute("PRAGMA busy_timeout = 50")
+        writer.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreUnavailable, match="locked"):
+            store.claim(ClaimRequest(agent, capacity(), 4, 30.0))
+        writer.execute("COMMIT")
+        assert len(store.claim(ClaimRequest(agent, capacity(), 4, 30.0))) == 1
+    finally:
+        writer.close()
         store.close()
 
 

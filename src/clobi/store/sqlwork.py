@@ -54,7 +54,7 @@ class SqlWork(SqlCore):
             return agent_id
 
     def claim(self, request: ClaimRequest) -> list[Claim]:
-        if request.limit <= 0:
+        if request.limit <= 0 or not self._may_claim(request):
             return []
         with self._tx() as cur:
             events: list[dict[str, Any]] = []
@@ -191,9 +191,20 @@ class SqlWork(SqlCore):
             self._lose(cur, row, lost_cap, now, outcome)
         return outcome
 
-    def _claim(
-        self, cur: Cursor, req: ClaimRequest, now: float, events: list[dict[str, Any]]
-    ) -> list[Claim]:
+    def _may_claim(self, request: ClaimRequest) -> bool:
+        """Whether `request` would get a job now, read without taking the write lock.
+
+        One submit wakes every idle agent, and all but one find nothing: their claims must
+        not queue for the write lock (SQLite serialises writers, and a writer kept waiting
+        sleeps in its busy handler) ahead of the claim that wins. A job taken between this
+        read and the claim only costs that claim an empty write transaction."""
+        with self._tx(write=False) as cur:
+            return bool(self._candidates(cur, request, self._now(), limit=1))
+
+    def _candidates(
+        self, cur: Cursor, req: ClaimRequest, now: float, limit: int
+    ) -> list[tuple[int, int, int | None]]:
+        """Up to `limit` queued jobs that together fit the request: (job, spec, index)."""
         cap = req.capacity
         one = req.per_job or cap
         cur.execute(
@@ -206,9 +217,13 @@ class SqlWork(SqlCore):
                 "scan": max(16, req.limit * _SCAN_FACTOR),
             },
         )
-        picked = _pack(cur.fetchall(), cap, req.limit)
+        return _pack(cur.fetchall(), cap, limit)
+
+    def _claim(
+        self, cur: Cursor, req: ClaimRequest, now: float, events: list[dict[str, Any]]
+    ) -> list[Claim]:
         claims: list[Claim] = []
-        for job_id, spec_id, index in picked:
+        for job_id, spec_id, index in self._candidates(cur, req, now, req.limit):
             attempt_id = self._insert(
                 cur,
                 self.q["insert_attempt"],

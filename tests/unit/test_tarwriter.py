@@ -28,3 +28,21 @@ def test_a_small_tar_passes_the_safe_unpacker(tmp_path: Path) -> None:
 def test_names_that_could_escape_or_do_not_fit_are_refused(name: str) -> None:
     with pytest.raises(ValueError, match="not allowed"):
         header(name, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "mtime", "mode"),
+    [
+        ("stdout", 0, 1_700_000_000, 0o644),
+        ("a/b.txt", 12_345, 0, 0o755),
+        ("x" * 99, 8**11 - 1, 1, 0o600),
+    ],
+)
+def test_a_header_is_the_one_tarfile_writes_for_the_same_member(
+    name: str, size: int, mtime: int, mode: int
+) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, mtime, mode
+    info.uname = info.gname = ""
+    expected = info.tobuf(format=tarfile.USTAR_FORMAT)
+    assert header(name, size, mtime, mode) == expected

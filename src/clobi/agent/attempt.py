@@ -83,9 +83,9 @@ def start(attempt: Attempt, sandbox: SandboxStore, dirs: WorkDirs) -> None:
         attempt.proc = spawn(
             expand_command(spec, claim.array_index),
             env=expand_env(spec, claim.array_index, claim.job_id),
-            cwd=Path(attempt.cwd),
-            stdout_path=Path(attempt.root + "/stdout"),
-            stderr_path=Path(attempt.root + "/stderr"),
+            cwd=attempt.cwd,
+            stdout_path=attempt.root + "/stdout",
+            stderr_path=attempt.root + "/stderr",
             attempt_id=attempt.id,
         )
     except (SpawnError, SandboxError) as exc:
@@ -150,13 +150,18 @@ def output_may_be_large(attempt: Attempt, inline_max: int) -> bool:
 
 
 def _small_logs(attempt: Attempt, budget: int) -> list[tuple[str, bytes]] | None:
-    """stdout and stderr read whole when together they fit `budget`, else None."""
+    """stdout and stderr read whole when together they fit `budget`, else None. An empty
+    file is only looked at (a stat costs a third of an open, read and close)."""
     if budget < 0:
         return None
     members = []
     for name in ("stdout", "stderr"):
+        path = f"{attempt.root}/{name}"
         try:
-            with open(f"{attempt.root}/{name}", "rb") as f:
+            if os.stat(path).st_size == 0:
+                members.append((name, b""))
+                continue
+            with open(path, "rb") as f:
                 data = f.read(budget + 1)
         except FileNotFoundError:
             continue
@@ -207,8 +212,12 @@ def _bare(attempt: Attempt) -> Outcome:
 
 
 def _inline(attempt: Attempt, data: bytes) -> Outcome:
-    return replace(
-        _bare(attempt),
+    return Outcome(
+        attempt.id,
+        attempt.ended_as or AttemptState.FAILED,
+        attempt.exit_code,
+        attempt.reason,
+        attempt.user_error,
         output_inline=data,
         output_size=len(data),
         output_sha256=hashlib.sha256(data).hexdigest(),

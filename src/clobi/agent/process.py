@@ -70,6 +70,8 @@ _which_cache: dict[tuple[str, str], str] = {}
 # processes skip them: reading another running job's environ costs ~50 us (it contends with
 # that job's exec), more than all the rest of a cleanup.
 _job_mains: set[int] = set()
+# Whether this process is known to be a child subreaper (None: not known yet).
+_subreaper: bool | None = None
 
 
 @dataclass(eq=False)
@@ -103,9 +105,9 @@ def spawn(
     argv: Sequence[str],
     *,
     env: Mapping[str, str],
-    cwd: Path,
-    stdout_path: Path,
-    stderr_path: Path,
+    cwd: str | Path,
+    stdout_path: str | Path,
+    stderr_path: str | Path,
     attempt_id: int,
 ) -> JobProcess:
     """Start `argv` as a new session in `cwd` with exactly `env` plus the attempt marker (and
@@ -122,7 +124,7 @@ def spawn(
     return JobProcess(pid, pid, attempt_id, started, _open_pidfd(pid))
 
 
-def _job_env(env: Mapping[str, str], cwd: Path, attempt_id: int) -> dict[str, str]:
+def _job_env(env: Mapping[str, str], cwd: str | Path, attempt_id: int) -> dict[str, str]:
     """The job's whole environment: never anything of the agent's own."""
     job_env = dict(env)
     job_env.setdefault("PATH", DEFAULT_PATH)
@@ -132,7 +134,7 @@ def _job_env(env: Mapping[str, str], cwd: Path, attempt_id: int) -> dict[str, st
     return job_env
 
 
-def _file_actions(stdout_path: Path, stderr_path: Path) -> list[tuple[Any, ...]]:
+def _file_actions(stdout_path: str | Path, stderr_path: str | Path) -> list[tuple[Any, ...]]:
     """Open stdin/stdout/stderr in the child itself: no parent open/close round trips."""
     out, err = _absolute(stdout_path), _absolute(stderr_path)  # the cwd changes during spawn
     actions: list[tuple[Any, ...]] = [
@@ -148,13 +150,13 @@ def _file_actions(stdout_path: Path, stderr_path: Path) -> list[tuple[Any, ...]]
     return actions
 
 
-def _absolute(path: Path) -> str:
+def _absolute(path: str | Path) -> str:
     """`path` as an absolute string; cheap when it already is one (the usual case)."""
     text = os.fspath(path)
     return text if os.path.isabs(text) else os.path.abspath(text)
 
 
-def _spawn_in(cwd: Path, argv: Sequence[str], env: dict[str, str], actions: list[Any]) -> int:
+def _spawn_in(cwd: str | Path, argv: Sequence[str], env: dict[str, str], actions: list[Any]) -> int:
     """posix_spawn with the agent's cwd set to the job's for the duration of the call; the
     child inherits it. Relative executables and PATH entries resolve against `cwd`, as with
     Popen."""
@@ -273,13 +275,16 @@ def _libc() -> Any:
 def become_subreaper() -> bool:
     """Make orphaned descendants of this process reparent to it rather than to init, so jobs
     that escape their group stay children of the agent. False when unavailable."""
+    global _subreaper
     libc = _libc()
     one = ctypes.c_ulong(1)
-    return libc is not None and libc.prctl(_PR_SET_CHILD_SUBREAPER, one, 0, 0, 0) == 0
+    became = libc is not None and libc.prctl(_PR_SET_CHILD_SUBREAPER, one, 0, 0, 0) == 0
+    _subreaper = True if became else None
+    return became
 
 
 def is_subreaper() -> bool:
-    """True when this process is a child subreaper."""
+    """True when this process is a child subreaper (asked of the kernel)."""
     libc = _libc()
     flag = ctypes.c_int(0)
     if libc is None or libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0) != 0:
@@ -373,7 +378,7 @@ def cleanup_leftovers(proc: JobProcess, *, thorough: bool = False) -> None:
     job started (a few for a short job: ~10-30 us) or in all of /proc (`thorough`, or a job
     older than a second: ~0.5 ms)."""
     _killpg_quiet(proc.pgid, signal.SIGKILL)
-    if thorough or _has_children() or not is_subreaper():
+    if thorough or _has_children() or not _known_subreaper():
         _signal_marked(proc, signal.SIGKILL, thorough=thorough)
     proc.close()
 
@@ -382,6 +387,15 @@ def _killpg_quiet(pgid: int, sig: int) -> None:
     """killpg, where an empty group is not an error."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
+
+
+def _known_subreaper() -> bool:
+    """`is_subreaper`, remembered once true: only this process could undo it, and it never
+    does. Saves a ctypes call per finished job."""
+    global _subreaper
+    if _subreaper is None and is_subreaper():
+        _subreaper = True
+    return _subreaper is True
 
 
 def _has_children() -> bool:

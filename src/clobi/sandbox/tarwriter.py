@@ -31,15 +31,18 @@ def header(name: str, size: int, mtime: int, mode: int = 0o644) -> bytes:
         raise ValueError(f"tar member name not allowed here: {name!r}")
     if not 0 <= size <= _MAX_SIZE:
         raise ValueError(f"tar member too large for a ustar header: {size}")
-    block = bytearray(_BLOCK)
-    block[0 : len(raw)] = raw
-    block[100:108] = b"%07o\0" % mode
-    block[108:116] = b"%07o\0" % 0
-    block[116:124] = b"%07o\0" % 0
-    block[124:136] = b"%011o\0" % size
-    block[136:148] = b"%011o\0" % max(0, mtime)
-    block[148:156] = b" " * 8
-    block[156:157] = b"0"
-    block[257:265] = b"ustar\x0000"
-    block[148:156] = b"%06o\0 " % sum(block)
-    return bytes(block)
+    # name, mode, uid, gid, size, mtime (bytes 0-147); the checksum field (148-155) counts
+    # as eight spaces while summing; then the constant rest: type '0', magic and version.
+    head = b"%s%07o\0%s%011o\0%011o\0" % (
+        raw.ljust(_MAX_NAME, b"\0"),
+        mode,
+        _OWNER,
+        size,
+        max(0, mtime),
+    )
+    return head + b"%06o\0 " % (sum(head) + _TAIL_SUM) + _TAIL
+
+
+_OWNER = b"%07o\0%07o\0" % (0, 0)  # uid, gid
+_TAIL = (b"0" + bytes(100) + b"ustar\x0000").ljust(_BLOCK - 156, b"\0")  # bytes 156-511
+_TAIL_SUM = sum(_TAIL) + 8 * ord(" ")  # the tail plus the checksum field as spaces

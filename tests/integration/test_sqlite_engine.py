@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from clobi.errors import StoreUnavailable
+from clobi.model.records import Outcome
+from clobi.model.states import AttemptState, JobState
 from clobi.store import queries
 from clobi.store.base import ClaimRequest, LogTail
 from clobi.store.sqlite import SqliteStore, migrate
@@ -44,6 +46,54 @@ def test_the_store_is_durable_wal_with_full_sync(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     finally:
+        store.close()
+
+
+def test_only_a_claim_alone_commits_without_fsync(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "c.db")
+    ran: list[str] = []
+    try:
+        agent = store.register_agent(make_agent())
+        store._conn.set_trace_callback(ran.append)
+        store.submit(make_submission(count=2))
+        submitted = len(ran)
+        (c,) = store.claim(ClaimRequest(agent, capacity(), 1, 30.0))
+        claimed = len(ran)
+        store.finish(
+            agent,
+            [Outcome(c.attempt_id, AttemptState.SUCCEEDED, exit_code=0)],
+            ClaimRequest(agent, capacity(), 1, 30.0),
+        )
+        store._conn.set_trace_callback(None)
+        claim = ran[submitted:claimed]
+        assert claim.index("PRAGMA synchronous=NORMAL") < claim.index("BEGIN IMMEDIATE")
+        assert claim.index("COMMIT") < claim.index("PRAGMA synchronous=FULL") == len(claim) - 1
+        assert not [s for s in ran[:submitted] + ran[claimed:] if "synchronous" in s]
+        assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    finally:
+        store.close()
+
+
+def test_a_failed_claim_leaves_the_connection_at_full_sync(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "c.db")
+    writer = sqlite3.connect(tmp_path / "c.db", isolation_level=None)
+    try:
+        agent = store.register_agent(make_agent())
+        (job_id,) = store.submit(make_submission())
+        store._conn.execute("PRAGMA busy_timeout = 50")
+        writer.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreUnavailable):
+            store.claim(ClaimRequest(agent, capacity(), 1, 30.0))
+        assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        writer.execute("ROLLBACK")
+        store._spec_cache.clear()
+        store._conn.execute("UPDATE specs SET spec_json = '{'")  # the claim breaks midway
+        with pytest.raises(ValueError):
+            store.claim(ClaimRequest(agent, capacity(), 1, 30.0))
+        assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+        assert store.get_job(job_id).state is JobState.QUEUED
+    finally:
+        writer.close()
         store.close()
 
 

@@ -102,8 +102,9 @@ class PostgresStore(
 
     # --- what SqlCore needs ---------------------------------------------------------------
     @contextlib.contextmanager
-    def _tx(self, write: bool = True) -> Iterator[Cursor]:
+    def _tx(self, write: bool = True, durable: bool = True) -> Iterator[Cursor]:
         # MVCC readers never block writers, so reads and writes open the same transaction.
+        # Every commit is durable here (`durable` is for engines that pay per flush).
         local = self._local
         cur: Cursor | None = getattr(local, "cur", None)
         if cur is not None:  # a method here opened it to add to it: join it

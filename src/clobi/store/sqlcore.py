@@ -41,7 +41,11 @@ class SqlCore:
         self._spec_cache: dict[int, tuple[JobSpec, str | None]] = {}
 
     # Engines implement these two.
-    def _tx(self, write: bool = True) -> AbstractContextManager[Cursor]:
+    def _tx(self, write: bool = True, durable: bool = True) -> AbstractContextManager[Cursor]:
+        """A transaction (joined if this thread has one open). `durable=False` marks one
+        whose loss in a power failure the contract tolerates (a claim alone: its jobs would
+        be queued again, and run again, as after a crashed agent); an engine may commit it
+        without flushing."""
         raise NotImplementedError
 
     def _insert(self, cur: Cursor, query: str, params: dict[str, Any]) -> int:

@@ -1,6 +1,14 @@
 """The SQLite engine: one WAL file, durable commits (`synchronous=FULL`), writers serialised by
 `BEGIN IMMEDIATE` with a long busy timeout so contention waits instead of failing.
 
+A transaction that only claims commits with `synchronous=NORMAL` (no fsync). In WAL mode such
+a commit is atomic and consistent but may be lost in a power failure (not in a crash of the
+process, whose writes the OS keeps). A lost claim only puts its jobs back in the queue as if
+never claimed (an agent that ran them is refused as stale when it reports), so they run again:
+at least once, which the contract already allows, as after a crashed agent. And the next FULL
+commit from any connection fsyncs the WAL, making the claim's frames durable with it.
+Submissions, reports and cancels stay FULL.
+
 Submits ring a doorbell (a unix datagram socket per waiting agent next to the database) so
 idle agents wake at once without polling the file.
 """
@@ -51,10 +59,12 @@ class SqliteStore(SqlJobs, SqlWork, SqlTokens, SqlLogs, SqlInstances, SqlOutbox,
         return cls(path)
 
     @contextlib.contextmanager
-    def _tx(self, write: bool = True) -> Iterator[Cursor]:
+    def _tx(self, write: bool = True, durable: bool = True) -> Iterator[Cursor]:
         with self._lock:
             cur = self._conn.cursor()
             try:
+                if not durable:  # see the module's docstring; settable outside transactions only
+                    cur.execute("PRAGMA synchronous=NORMAL")
                 _begin(cur, write)
                 yield cur
                 cur.execute("COMMIT")
@@ -68,6 +78,8 @@ class SqliteStore(SqlJobs, SqlWork, SqlTokens, SqlLogs, SqlInstances, SqlOutbox,
                 _rollback(self._conn)
                 raise
             finally:
+                if not durable:
+                    cur.execute("PRAGMA synchronous=FULL")
                 cur.close()
 
     def _insert(self, cur: Cursor, query: str, params: dict[str, Any]) -> int:

@@ -56,7 +56,7 @@ class SqlWork(SqlCore):
     def claim(self, request: ClaimRequest) -> list[Claim]:
         if request.limit <= 0 or not self._may_claim(request):
             return []
-        with self._tx() as cur:
+        with self._tx(durable=False) as cur:
             events: list[dict[str, Any]] = []
             claims = self._claim(cur, request, self._now(), events)
             cur.executemany(self.q["insert_event"], events)

@@ -9,6 +9,7 @@ what was claimed, then sleep on the children's pidfds and the doorbell until som
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -23,12 +24,13 @@ from types import FrameType
 
 from clobi.agent import attempt as att
 from clobi.agent import process
+from clobi.agent.committer import Committer, Done
 from clobi.agent.leases import LeaseKeeper
 from clobi.agent.logtail import LogTails
 from clobi.agent.pacing import REPORT_DELAY_S, Pace
 from clobi.agent.workdirs import WorkDirs
 from clobi.errors import ClobiError
-from clobi.model.records import AgentInfo, Capacity, Outcome
+from clobi.model.records import AgentInfo, Capacity, Claim, Outcome
 from clobi.model.states import AttemptState
 from clobi.sandbox.base import SandboxStore
 from clobi.session import Session
@@ -52,6 +54,15 @@ class AgentOptions:
     lease_s: float | None = None
     pool: str = "local"  # embedded sessions; a joining agent gets its token's pool
     instance_id: int | None = None  # the manager's instance this agent runs on
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A report-and-claim call under way: what it asked for, when, and the rings seen then."""
+
+    request: ClaimRequest | None
+    at: float
+    rings: int
 
 
 @dataclass
@@ -95,9 +106,14 @@ class Agent:
         self.clock = _Clock()
         self.agent_id = 0
         self.bell: Wakeup | None = None
+        self._pending = _Pending(None, 0.0, 0)
         self.dirs = WorkDirs(self.work_dir, f"{self.info.host}-{os.getpid()}")
         self.log_tails = LogTails()
         self.keeper = LeaseKeeper(store, lambda: self.agent_id, self.lease_s, self.heartbeat_s)
+        self.committer = Committer()
+        self.reporting: list[att.Attempt] = []  # outcomes in the committer's call
+        self.rings = 0  # doorbell rings seen: a claim that came back short backs off only
+        #                 if none rang while it was under way
 
     # --- the loop ---------------------------------------------------------------------
     def run(self) -> int:
@@ -106,7 +122,11 @@ class Agent:
         log.info("agent %s (id %d) up with %s cpus", self.info.name, self.agent_id, self.info.cpus)
         try:
             while not (
-                self.draining.is_set() and not self.running and not self.done and not self.backlog
+                self.draining.is_set()
+                and not self.running
+                and not self.done
+                and not self.backlog
+                and not self.committer.busy
             ):
                 self.turn()
         finally:
@@ -117,6 +137,7 @@ class Agent:
         """One pass of the loop."""
         now = time.monotonic()
         self._reap()
+        self._collect()
         self._enforce_deadlines(now)
         if now >= self.clock.next_heartbeat:
             self._heartbeat(now)
@@ -232,36 +253,77 @@ class Agent:
     def _report_and_claim(self, now: float) -> None:
         # Jobs claimed earlier start first: they run while this turn's transaction commits.
         self._start_backlog()
+        if self.committer.busy:
+            return
         request = self._claim_request(now)
         due = self._report_due(now)
         if not due and request is None:
             return
+        # A claim carries the finished outcomes along: one commit instead of two.
+        report = due or (request is not None and bool(self.done))
         try:
             # Storing outputs may fail too (a remote sandbox): then everything is retried
-            # next turn; outputs already stored are not stored again. A claim carries the
-            # finished outcomes along: one commit instead of two.
-            report = due or (request is not None and bool(self.done))
+            # next turn; outputs already stored are not stored again.
             outcomes = [self._outcome(a) for a in self.done] if report else []
-            if outcomes:
-                refused, claims = self.store.finish(self.agent_id, outcomes, request)
-                for attempt_id in refused:
-                    log.warning("attempt %d: report refused (stale)", attempt_id)
-            else:
-                assert request is not None
-                claims = self.store.claim(request)
         except ClobiError as exc:
-            log.warning("store: %s", exc)  # keep outcomes; report again next turn
+            log.warning("store: %s", exc)
             return
+        reporting = self.done if report else []
+        if report:
+            self.done = []
+        call = functools.partial(self._store_call, outcomes, request)
+        self.reporting = reporting
+        pending = _Pending(request, now, self.rings)
+        if self.running or self.backlog:  # jobs to look after meanwhile: commit on the side
+            self._pending = pending
+            self.committer.submit(call)
+        else:  # nothing to overlap with: a thread hand-off would only add latency
+            try:
+                done = Done(value=call())
+            except ClobiError as exc:
+                done = Done(error=exc)
+            self._apply(pending, done)
+
+    def _store_call(
+        self, outcomes: list[Outcome], request: ClaimRequest | None
+    ) -> tuple[list[int], list[Claim]]:
+        """The store call itself (on the committer's thread, or inline)."""
         if outcomes:
-            for a in self.done:
-                att.discard(a, self.dirs)
-            self.done.clear()
-        if request is not None and len(claims) < request.limit:
-            self.clock.next_claim = now + IDLE_POLL_S  # queue looked empty: wait for a bell
+            return self.store.finish(self.agent_id, outcomes, request)
+        assert request is not None
+        return [], self.store.claim(request)
+
+    def _collect(self) -> None:
+        """Apply the committer's result if its call has ended."""
+        done = self.committer.take()
+        if done is not None:
+            self._apply(self._pending, done)
+
+    def _apply(self, pending: _Pending, done: Done, start: bool = True) -> None:
+        """What a report-and-claim call's result means for the agent."""
+        reporting, self.reporting = self.reporting, []
+        if done.error is not None:
+            if not isinstance(done.error, ClobiError):
+                raise done.error
+            log.warning("store: %s", done.error)  # keep the outcomes; report them again
+            if reporting:
+                if not self.done:
+                    self.done_since = time.monotonic()
+                self.done[:0] = reporting
+            return
+        refused, claims = done.value
+        for attempt_id in refused:
+            log.warning("attempt %d: report refused (stale)", attempt_id)
+        for a in reporting:
+            att.discard(a, self.dirs)
+        request = pending.request
+        if request is not None and len(claims) < request.limit and self.rings == pending.rings:
+            self.clock.next_claim = pending.at + IDLE_POLL_S  # the queue looked empty
         for claim in claims:
             root = f"{self.work_dir}/{claim.attempt_id}"
-            self.backlog.append(att.Attempt(claim, root, now + self.lease_s))
-        self._start_backlog()
+            self.backlog.append(att.Attempt(claim, root, pending.at + self.lease_s))
+        if start:
+            self._start_backlog()
 
     def _report_due(self, now: float) -> bool:
         if self.draining.is_set() and self.done:
@@ -345,22 +407,30 @@ class Agent:
 
     def _sleep(self) -> None:
         now = time.monotonic()
-        if self._report_due(now):
+        busy = self.committer.busy  # its end wakes the loop: report and claim after it
+        if not busy and self._report_due(now):
             return
         wake = [self.clock.next_heartbeat, self.clock.next_sweep, self.terminator.next_due()]
-        if self.done:
+        if self.done and not busy:
             wake.append(self.done_since + REPORT_DELAY_S)
-        if not self.draining.is_set() and self._claim_request(0.0) is not None:
+        if not busy and not self.draining.is_set() and self._claim_request(0.0) is not None:
             wake.append(self.clock.next_claim)
         wake += [a.walltime_deadline for a in self.running.values() if a.walltime_deadline]
         timeout = max(0.0, min(w for w in wake if w is not None) - now)
         procs = [a.proc for a in self.running.values() if a.proc is not None]
-        fd = self.bell.fileno() if self.bell is not None else None
-        process.wait_any(procs, timeout, wake_fd=fd)
+        fds = [self.committer.fileno()] if busy else []
+        if self.bell is not None:
+            fds.append(self.bell.fileno())
+        process.wait_any(procs, timeout, wake_fds=fds)
         if self.bell is not None and self.bell.rang():
+            self.rings += 1
             self.clock.next_claim = 0.0
 
     def _shutdown(self) -> None:
+        done = self.committer.take(wait=True)  # an interrupted loop: let the call end
+        if done is not None and done.error is None:
+            self._apply(self._pending, done, start=False)
+        self.committer.close()
         for a in list(self.running.values()):
             self._lose(a, "agent stopping")
         with contextlib.suppress(ClobiError):

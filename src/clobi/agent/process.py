@@ -309,10 +309,14 @@ def reap() -> list[tuple[int, int, float]]:
 
 
 def wait_any(
-    procs: Iterable[JobProcess], timeout_s: float | None, wake_fd: int | None = None
+    procs: Iterable[JobProcess],
+    timeout_s: float | None,
+    wake_fd: int | None = None,
+    wake_fds: Iterable[int] = (),
 ) -> None:
-    """Block without using CPU until one of `procs` may have exited, `wake_fd` is readable or
-    `timeout_s` passes. Pass only processes not yet reaped: a reaped one ends it at once."""
+    """Block without using CPU until one of `procs` may have exited, `wake_fd` or one of
+    `wake_fds` is readable or `timeout_s` passes. Pass only processes not yet reaped: a reaped
+    one ends it at once."""
     poller = select.poll()
     blind = []
     for proc in procs:
@@ -320,8 +324,9 @@ def wait_any(
             blind.append(proc)
         else:
             poller.register(proc.pidfd, select.POLLIN)
-    if wake_fd is not None:
-        poller.register(wake_fd, select.POLLIN)
+    for fd in (wake_fd, *wake_fds):
+        if fd is not None:
+            poller.register(fd, select.POLLIN)
     if blind:
         _wait_polling(poller, blind, timeout_s)
     else:

@@ -10,19 +10,20 @@ import builtins
 import getpass
 import io
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from clobi.errors import NotFound, UsageError
 from clobi.model.records import AgentRecord, AttemptRecord, Event, JobFilter, JobRecord, Submission
 from clobi.model.spec import JobSpec
 from clobi.model.states import JobState
-from clobi.sandbox import archive, packing
 from clobi.session import Session, find_session
+
+if TYPE_CHECKING:
+    from clobi.sandbox.base import SandboxStore
 
 WAIT_POLL_S = 0.2
 REMOTE_POLL_S = 0.5  # log follow through a server: tails change once a heartbeat
@@ -44,8 +45,15 @@ class Client:
     def __init__(self, session: Session | str | os.PathLike[str] | None = None) -> None:
         self.session = session if isinstance(session, Session) else find_session(session)
         self.store = self.session.open_store()
-        self.sandbox = self.session.open_sandbox()
+        self._sandbox: SandboxStore | None = None  # opened on first use: listing needs none
         self.owner = _user_name()
+
+    @property
+    def sandbox(self) -> SandboxStore:
+        """The session's sandbox store (inputs and outputs)."""
+        if self._sandbox is None:
+            self._sandbox = self.session.open_sandbox()
+        return self._sandbox
 
     def __enter__(self) -> Client:
         return self
@@ -55,7 +63,8 @@ class Client:
 
     def close(self) -> None:
         self.store.close()
-        self.sandbox.close()
+        if self._sandbox is not None:
+            self._sandbox.close()
 
     # --- submitting ------------------------------------------------------------------
     def submit(
@@ -81,6 +90,10 @@ class Client:
         return self.store.submit(sub)
 
     def _store_inputs(self, spec: JobSpec, base_dir: Path) -> str:
+        import tempfile
+
+        from clobi.sandbox import packing
+
         with tempfile.TemporaryFile() as spool:
             packing.pack_inputs(spec.inputs, base_dir, spool)
             spool.seek(0)
@@ -196,12 +209,16 @@ class Client:
         self, job_id: int, to_dir: Path, attempt_id: int | None = None
     ) -> builtins.list[str]:
         """Extract the job's output (stdout, stderr, declared outputs) into `to_dir`."""
+        from clobi.sandbox import archive
+
         to_dir.mkdir(parents=True, exist_ok=True)
         with self.open_output(job_id, attempt_id) as src:
             return archive.unpack(src, to_dir)
 
     def read_output_file(self, job_id: int, name: str = "stdout") -> bytes:
         """One file of the job's output, e.g. its stdout; raises `NotFound`."""
+        from clobi.sandbox import archive
+
         with self.open_output(job_id) as src:
             data = archive.read_member(src, name)
         if data is None:

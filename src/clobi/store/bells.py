@@ -7,10 +7,12 @@ limit), found through a marker file per bell in a folder next to the database.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # socket and hashlib load when a bell is first used: a listing needs none
+    import socket
 
 
 class Bell:
@@ -40,10 +42,21 @@ class Bells:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self._prefix = "clobi." + hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:16]
+        self._prefix_text: str | None = None
+
+    @property
+    def _prefix(self) -> str:
+        if self._prefix_text is None:
+            import hashlib
+
+            digest = hashlib.sha1(str(self.folder.resolve()).encode()).hexdigest()[:16]
+            self._prefix_text = "clobi." + digest
+        return self._prefix_text
 
     def listen(self, name: str) -> Bell:
         """A new bell called `name` (unique per store)."""
+        import socket
+
         self.folder.mkdir(parents=True, exist_ok=True)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(self._address(name))
@@ -58,6 +71,8 @@ class Bells:
             names = os.listdir(self.folder)
         except FileNotFoundError:
             return
+        import socket
+
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.setblocking(False)
             for name in names:

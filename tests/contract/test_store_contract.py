@@ -166,6 +166,38 @@ def test_another_agent_cannot_report_for_an_attempt(store: Store) -> None:
     assert refused == [c.attempt_id]
 
 
+def test_a_batch_of_reports_is_recorded_as_if_one_at_a_time(store: Store) -> None:
+    agent = store.register_agent(make_agent())
+    other = store.register_agent(make_agent("agent-2"))
+    store.submit(make_submission(count=4, retries=Retries(count=1, backoff_s=60)))
+    c0, c1, c2, c3 = claim(store, agent, limit=4)
+    (theirs,) = store.submit(make_submission())
+    (t,) = claim(store, other)
+    store.kill([c2.job_id])
+    after = store.events()[-1].id
+    outcomes = [failed(c1.attempt_id), ok(c0.attempt_id), ok(c0.attempt_id)]
+    outcomes += [failed(c2.attempt_id), ok(t.attempt_id), ok(10**9), ok(c3.attempt_id)]
+    refused, _ = store.finish(agent, outcomes)
+    assert refused == [c0.attempt_id, t.attempt_id, 10**9]
+    state = {c.job_id: store.get_job(c.job_id).state for c in (c0, c1, c2, c3, t)}
+    assert state == {
+        c0.job_id: JobState.SUCCEEDED,
+        c1.job_id: JobState.QUEUED,
+        c2.job_id: JobState.CANCELLED,
+        c3.job_id: JobState.SUCCEEDED,
+        theirs: JobState.RUNNING,
+    }
+    events = [(e.kind, e.job_id, e.attempt_id) for e in store.events(after_id=after)]
+    assert events == [
+        ("retry", c1.job_id, c1.attempt_id),
+        ("succeeded", c0.job_id, c0.attempt_id),
+        ("cancelled", c2.job_id, c2.attempt_id),
+        ("succeeded", c3.job_id, c3.attempt_id),
+    ]
+    assert store.get_job(c1.job_id).retries_left == 0
+    assert [a.state for a in store.attempts(c0.job_id)] == [AttemptState.SUCCEEDED]
+
+
 def test_a_failure_with_retries_left_is_requeued_after_its_backoff(store: Store) -> None:
     retries = Retries(count=1, backoff_s=0.3)
     (job_id,) = store.submit(make_submission(retries=retries))

@@ -21,10 +21,11 @@ import psycopg
 import pytest
 
 from clobi.errors import MissingExtra, StoreUnavailable
-from clobi.model.records import Outcome
+from clobi.model.records import Claim, Outcome
 from clobi.model.states import AttemptState, JobState
 from clobi.store import queries
 from clobi.store.base import ClaimRequest, Wakeup
+from clobi.store.pgconn import PgCursor
 from clobi.store.postgres import PostgresStore, migrate, pyformat
 from tests.conftest import capacity, make_agent, make_submission, need
 from tests.contract.conftest import PG_URL, pg_database, pg_reachable
@@ -431,6 +432,39 @@ def test_one_clock_reading_per_transaction(open_store: OpenStore) -> None:
         assert store._now() == first
     with store._tx():
         assert store._now() > first
+
+
+def test_reporting_and_claiming_a_batch_costs_as_many_round_trips_as_one_job(
+    open_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_store()
+    agent = store.register_agent(make_agent(cpus=16))
+    store.submit(make_submission(count=48))
+    sent: list[str] = []
+    for name in ("execute", "executemany"):  # executemany is one round trip (a pipeline)
+        original = getattr(PgCursor, name)
+        monkeypatch.setattr(PgCursor, name, _counted(original, sent))
+
+    def turn(claims: list[Claim], limit: int) -> tuple[list[Claim], int]:
+        sent.clear()
+        outcomes = [Outcome(c.attempt_id, AttemptState.SUCCEEDED, exit_code=0) for c in claims]
+        _, more = store.finish(agent, outcomes, ClaimRequest(agent, capacity(16), limit, 30.0))
+        return more, len(sent)
+
+    one = store.claim(ClaimRequest(agent, capacity(16), 1, 30.0))
+    one, one_job = turn(one, 1)
+    batch, _ = turn(one, 16)
+    batch, sixteen = turn(batch, 16)
+    assert len(batch) == 16
+    assert sixteen == one_job
+
+
+def _counted(method: Callable[..., Any], sent: list[str]) -> Callable[..., Any]:
+    def counted(self: PgCursor, sql: str, *args: Any) -> Any:
+        sent.append(sql)
+        return method(self, sql, *args)
+
+    return counted
 
 
 def test_commits_are_durable_and_read_committed_whatever_the_database_defaults(url: str) -> None:

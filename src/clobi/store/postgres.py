@@ -33,7 +33,7 @@ import psycopg
 import psycopg.errors
 
 from clobi.errors import Conflict, StoreUnavailable
-from clobi.model.records import Claim, Outcome, Submission, SweepResult
+from clobi.model.records import Claim, Submission, SweepResult
 from clobi.store import queries
 from clobi.store.base import ClaimRequest, Store, Wakeup
 from clobi.store.pgconn import (
@@ -183,30 +183,26 @@ class PostgresStore(
             self._lock_jobs(cur, job_ids)
             return super().remove(job_ids)
 
-    def claim(self, request: ClaimRequest) -> list[Claim]:
-        """Claim queued jobs, walking the queue index whatever the statistics say."""
-        if request.limit <= 0:
-            return []  # (no transaction for nothing)
-        with self._tx() as cur:
-            cur.execute(self.q["claim_plan"])
-            return super().claim(request)
-
     def _may_claim(self, request: ClaimRequest) -> bool:
         """Always: the claim itself is the read. Claimers never wait for each other here
         (SKIP LOCKED), and a claim that locked no row has no transaction id, so its commit
         writes and flushes nothing; a probe would only add a round trip to every claim."""
         return True
 
-    def finish(
-        self, agent_id: int, outcomes: Sequence[Outcome], then: ClaimRequest | None = None
-    ) -> tuple[list[int], list[Claim]]:
-        """Record outcomes (their jobs locked in id order first) and maybe claim more."""
-        with self._tx() as cur:
-            if len(outcomes) > 1:
-                cur.execute(self.q["lock_outcomes"], {"ids": [o.attempt_id for o in outcomes]})
-            if then is not None:  # after lock_outcomes, which needs its sort
-                cur.execute(self.q["claim_plan"])
-            return super().finish(agent_id, outcomes, then)
+    def _claim(
+        self, cur: Cursor, req: ClaimRequest, now: float, events: list[dict[str, Any]]
+    ) -> list[Claim]:
+        """Claim queued jobs, walking the queue index whatever the statistics say."""
+        cur.execute(self.q["claim_plan"])  # after the report's reads, which need their sort
+        return super()._claim(cur, req, now, events)
+
+    def _insert_attempts(
+        self, cur: Cursor, job_ids: Sequence[int], params: dict[str, Any]
+    ) -> list[int]:
+        """One statement (one round trip) for all of a claim's attempts."""
+        cur.execute(self.q["insert_attempts"], {**params, "job_ids": list(job_ids)})
+        ids = dict((job_id, attempt_id) for attempt_id, job_id in cur.fetchall())
+        return [ids[job_id] for job_id in job_ids]
 
     def sweep(self, lost_cap: int, agent_timeout_s: float) -> SweepResult:
         """Sweep, notifying listeners in the same transaction when jobs were requeued."""

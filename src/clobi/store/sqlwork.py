@@ -68,11 +68,7 @@ class SqlWork(SqlCore):
         with self._tx() as cur:
             now = self._now()
             events: list[dict[str, Any]] = []
-            refused = [
-                o.attempt_id
-                for o in outcomes
-                if not self._finish_one(cur, agent_id, o, now, events)
-            ]
+            refused = self._finish(cur, agent_id, outcomes, now, events) if outcomes else []
             if outcomes:  # their live log tails are done with: the final logs are outputs
                 ids = ",".join(str(int(o.attempt_id)) for o in outcomes)
                 cur.execute(self.q["delete_log_tails_of_attempts"].format(ids=ids))
@@ -222,49 +218,91 @@ class SqlWork(SqlCore):
     def _claim(
         self, cur: Cursor, req: ClaimRequest, now: float, events: list[dict[str, Any]]
     ) -> list[Claim]:
+        picked = self._candidates(cur, req, now, req.limit)
+        if not picked:
+            return []
+        lease_until = now + req.lease_s
+        attempt_ids = self._insert_attempts(
+            cur,
+            [job_id for job_id, _, _ in picked],
+            {
+                "agent_id": req.agent_id,
+                "now": now,
+                "lease_until": lease_until,
+                "workdir": req.workdir_root,
+            },
+        )
+        cur.executemany(
+            self.q["mark_running"],
+            [
+                {"job_id": job_id, "attempt_id": attempt_id, "now": now}
+                for (job_id, _, _), attempt_id in zip(picked, attempt_ids, strict=True)
+            ],
+        )
+        if cur.rowcount != len(picked):  # cannot happen with the jobs locked; refuse loudly
+            raise RuntimeError(f"jobs {[p[0] for p in picked]}: some claimed twice")
         claims: list[Claim] = []
-        for job_id, spec_id, index in self._candidates(cur, req, now, req.limit):
-            attempt_id = self._insert(
-                cur,
-                self.q["insert_attempt"],
-                {
-                    "job_id": job_id,
-                    "agent_id": req.agent_id,
-                    "now": now,
-                    "lease_until": now + req.lease_s,
-                    "workdir": req.workdir_root,
-                },
-            )
-            cur.execute(
-                self.q["mark_running"], {"job_id": job_id, "attempt_id": attempt_id, "now": now}
-            )
-            if cur.rowcount != 1:  # cannot happen inside the write lock; refuse loudly if it does
-                raise RuntimeError(f"job {job_id}: claimed twice")
+        for (job_id, spec_id, index), attempt_id in zip(picked, attempt_ids, strict=True):
             events.append(
                 event_row(now, "started", job_id, attempt_id, req.agent_id, "queued", "running")
             )
             spec, sha = self._spec(cur, spec_id)
-            claims.append(Claim(attempt_id, job_id, spec, index, sha, now + req.lease_s))
+            claims.append(Claim(attempt_id, job_id, spec, index, sha, lease_until))
         return claims
 
+    def _insert_attempts(
+        self, cur: Cursor, job_ids: Sequence[int], params: dict[str, Any]
+    ) -> list[int]:
+        """Insert a running attempt for each job (`insert_attempt`); their ids, in order.
+        One statement each (SQLite's run in process); engines may insert them at once."""
+        return [
+            self._insert(cur, self.q["insert_attempt"], {**params, "job_id": job_id})
+            for job_id in job_ids
+        ]
+
+    def _finish(
+        self,
+        cur: Cursor,
+        agent_id: int,
+        outcomes: Sequence[Outcome],
+        now: float,
+        events: list[dict[str, Any]],
+    ) -> list[int]:
+        """Record the outcomes that are current, a few statements for the whole batch;
+        returns the attempt ids of those refused (stale, another agent's, or repeated)."""
+        ids = ",".join(str(int(o.attempt_id)) for o in outcomes)
+        cur.execute(self.q["attempts_for_finish"].format(ids=ids), {"agent_id": agent_id})
+        rows = {r[0]: r[1:] for r in cur.fetchall()}
+        updates: dict[str, list[dict[str, Any]]] = {
+            "end_attempt": [],
+            "end_job": [],
+            "requeue_job_retry": [],
+        }
+        refused: list[int] = []
+        for o in outcomes:
+            row = rows.pop(o.attempt_id, None)  # popped: a repeated report is refused
+            if row is None or row[1] != "running" or row[2] != "running" or row[3] != o.attempt_id:
+                refused.append(o.attempt_id)
+            else:
+                events.append(self._finish_one(cur, agent_id, o, row, now=now, updates=updates))
+        for name, params in updates.items():  # attempts first, then their jobs
+            if params:
+                cur.executemany(self.q[name], params)
+        return refused
+
     def _finish_one(
-        self, cur: Cursor, agent_id: int, o: Outcome, now: float, events: list[dict[str, Any]]
-    ) -> bool:
-        cur.execute(
-            self.q["attempt_for_finish"], {"attempt_id": o.attempt_id, "agent_id": agent_id}
-        )
-        row = cur.fetchone()
-        if row is None or row[1] != "running" or row[2] != "running" or row[3] != o.attempt_id:
-            return False
-        job_id, retries_left, attempts, cancel_requested, spec_id = (
-            row[0],
-            row[4],
-            row[5],
-            row[6],
-            row[7],
-        )
-        cur.execute(
-            self.q["end_attempt"],
+        self,
+        cur: Cursor,
+        agent_id: int,
+        o: Outcome,
+        row: Sequence[Any],
+        *,
+        now: float,
+        updates: dict[str, list[dict[str, Any]]],
+    ) -> dict[str, Any]:
+        """Queue the updates of one current report; returns its event."""
+        job_id, _, _, _, retries_left, attempts, cancel_requested, spec_id = row
+        updates["end_attempt"].append(
             {
                 "state": o.state.value,
                 "now": now,
@@ -275,7 +313,7 @@ class SqlWork(SqlCore):
                 "output_size": o.output_size,
                 "output_sha256": o.output_sha256,
                 "attempt_id": o.attempt_id,
-            },
+            }
         )
         params = {
             "job_id": job_id,
@@ -293,18 +331,15 @@ class SqlWork(SqlCore):
         if retry:
             spec, _ = self._spec(cur, spec_id)
             delay = spec.retries.delay_s(spec.retries.count - retries_left + 1)
-            cur.execute(self.q["requeue_job_retry"], {**params, "not_before": now + delay})
+            updates["requeue_job_retry"].append({**params, "not_before": now + delay})
             to = JobState.QUEUED
         else:
             to = JobState.CANCELLED if cancel_requested else job_state_for(o.state)
-            cur.execute(self.q["end_job"], {**params, "state": to.value})
+            updates["end_job"].append({**params, "state": to.value})
         kind = "retry" if retry else str(to)
-        events.append(
-            event_row(
-                now, kind, job_id, o.attempt_id, agent_id, "running", str(to), _detail(o, attempts)
-            )
+        return event_row(
+            now, kind, job_id, o.attempt_id, agent_id, "running", str(to), _detail(o, attempts)
         )
-        return True
 
     def _lose(
         self, cur: Cursor, row: Sequence[Any], cap: int, now: float, out: dict[str, list[int]]

@@ -81,11 +81,11 @@ UPDATE jobs SET state = 'running', current_attempt = :attempt_id, attempts = att
                 updated_at = :now
 WHERE id = :job_id AND state = 'queued';
 
--- name: attempt_for_finish
-SELECT a.job_id, a.state, j.state, j.current_attempt, j.retries_left, j.attempts,
+-- name: attempts_for_finish
+SELECT a.id, a.job_id, a.state, j.state, j.current_attempt, j.retries_left, j.attempts,
        j.cancel_requested, j.spec_id
 FROM attempts a JOIN jobs j ON j.id = a.job_id
-WHERE a.id = :attempt_id AND a.agent_id = :agent_id;
+WHERE a.id IN ({ids}) AND a.agent_id = :agent_id;
 
 -- name: end_attempt
 UPDATE attempts

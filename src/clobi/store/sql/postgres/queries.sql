@@ -43,14 +43,22 @@ FOR UPDATE SKIP LOCKED;
 -- For the rest of the transaction: run it after any statement that needs a sort.
 SET LOCAL enable_sort = off;
 
--- name: attempt_for_finish
--- Locked (job first, as every writer of jobs does) so a concurrent sweep cannot lose the
--- attempt between this read and the report's updates.
-SELECT a.job_id, a.state, j.state, j.current_attempt, j.retries_left, j.attempts,
+-- name: attempts_for_finish
+-- Locked in job id order (as every writer of several jobs locks them), job first, so a
+-- concurrent sweep cannot lose an attempt between this read and the report's updates.
+SELECT a.id, a.job_id, a.state, j.state, j.current_attempt, j.retries_left, j.attempts,
        j.cancel_requested, j.spec_id
 FROM attempts a JOIN jobs j ON j.id = a.job_id
-WHERE a.id = :attempt_id AND a.agent_id = :agent_id
+WHERE a.id IN ({ids}) AND a.agent_id = :agent_id
+ORDER BY j.id, a.id
 FOR UPDATE OF j, a;
+
+-- name: insert_attempts
+-- A claim's attempts in one statement; RETURNING has no order, so each id comes with its job.
+INSERT INTO attempts (job_id, agent_id, state, started_at, lease_until, workdir)
+SELECT job_id, :agent_id, 'running', :now, :lease_until, :workdir
+FROM unnest(CAST(:job_ids AS bigint[])) AS job_id
+RETURNING id, job_id;
 
 -- name: set_drain
 UPDATE agents SET drain = :drain, state = CASE WHEN :drain <> 0 THEN 'draining' ELSE 'up' END
@@ -75,10 +83,6 @@ SELECT extract(epoch FROM clock_timestamp())::double precision;
 -- name: lock_jobs
 -- In id order, so user actions and reports over several jobs cannot deadlock each other.
 SELECT id FROM jobs WHERE id = ANY(:ids) ORDER BY id FOR UPDATE;
-
--- name: lock_outcomes
-SELECT a.id FROM attempts a JOIN jobs j ON j.id = a.job_id
-WHERE a.id = ANY(:ids) ORDER BY j.id, a.id FOR UPDATE OF j, a;
 
 -- name: lock_idempotency_key
 -- Two submits with one key would both miss it under READ COMMITTED: serialise them per key.

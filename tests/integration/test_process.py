@@ -400,11 +400,24 @@ def test_wait_any_returns_when_the_wake_fd_becomes_readable(spawn_job: Spawner) 
     try:
         os.write(write_end, b"!")
         started = time.monotonic()
-        process.wait_any([spawn_job(["sleep", "1000"])], 10.0, wake_fd=read_end)
+        ready = process.wait_any([spawn_job(["sleep", "1000"])], 10.0, wake_fd=read_end)
         assert time.monotonic() - started < 1.0
+        assert ready == {read_end}
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def test_wait_any_names_the_descriptors_that_woke_it(spawn_job: Spawner) -> None:
+    quiet_r, quiet_w = os.pipe()
+    try:
+        done = spawn_job(["true"])
+        ready = process.wait_any([spawn_job(["sleep", "1000"]), done], 10.0, wake_fds=[quiet_r])
+        assert ready == {done.pidfd}
+        assert process.wait_any([], 0.01, wake_fds=[quiet_r]) == set()  # a timeout: none
+    finally:
+        os.close(quiet_r)
+        os.close(quiet_w)
 
 
 def test_the_machine_s_capacity_is_what_this_process_may_use() -> None:

@@ -50,6 +50,7 @@ class Attempt:
     user_error: bool = False
     started_wall: float = field(default_factory=time.time)
     outcome: Outcome | None = None
+    log_sizes: dict[str, int] | None = None  # stdout/stderr sizes once ended (absent: none)
 
     @property
     def id(self) -> int:
@@ -142,11 +143,12 @@ def output_may_be_large(attempt: Attempt, inline_max: int) -> bool:
     report inline."""
     if attempt.claim.spec.outputs:
         return True
-    size = 0
+    sizes = {}
     for name in ("stdout", "stderr"):
         with contextlib.suppress(OSError):
-            size += os.stat(f"{attempt.root}/{name}").st_size
-    return size > inline_max
+            sizes[name] = os.stat(f"{attempt.root}/{name}").st_size
+    attempt.log_sizes = sizes  # the process is over: they stay what they are
+    return sum(sizes.values()) > inline_max
 
 
 def _small_logs(attempt: Attempt, budget: int) -> list[tuple[str, bytes]] | None:
@@ -155,15 +157,17 @@ def _small_logs(attempt: Attempt, budget: int) -> list[tuple[str, bytes]] | None
     if budget < 0:
         return None
     members = []
+    known = attempt.log_sizes
     for name in ("stdout", "stderr"):
         path = f"{attempt.root}/{name}"
         try:
-            if os.stat(path).st_size == 0:
+            size = os.stat(path).st_size if known is None else known[name]
+            if size == 0:
                 members.append((name, b""))
                 continue
             with open(path, "rb") as f:
                 data = f.read(budget + 1)
-        except FileNotFoundError:
+        except (FileNotFoundError, KeyError):
             continue
         budget -= len(data)
         if budget < 0:

@@ -69,6 +69,7 @@ class _Pending:
 class _Clock:
     next_heartbeat: float = 0.0
     next_sweep: float = 0.0
+    next_fence: float = 0.0
     next_claim: float = 0.0
     renewed_at: float = field(default_factory=time.monotonic)
 
@@ -141,7 +142,8 @@ class Agent:
         self._enforce_deadlines(now)
         if now >= self.clock.next_heartbeat:
             self._heartbeat(now)
-        self._fence(now)
+        if now >= self.clock.next_fence:
+            self._fence(now)
         if now >= self.clock.next_sweep:
             self._sweep(now)
         self._report_and_claim(now)
@@ -223,7 +225,9 @@ class Agent:
 
     def _fence(self, now: float) -> None:
         # Stop jobs before their lease can expire: the sweeper will hand them to someone else.
+        # Checked every tenth of the margin, not every turn (short jobs make many turns).
         margin = min(self.heartbeat_s, self.lease_s / 4)
+        self.clock.next_fence = now + margin / 10
         for a in self._held():
             if now >= a.lease_deadline - margin:
                 self._lose(a, "could not renew the lease; stopped to stay fenced")
@@ -421,8 +425,9 @@ class Agent:
         fds = [self.committer.fileno()] if busy else []
         if self.bell is not None:
             fds.append(self.bell.fileno())
-        process.wait_any(procs, timeout, wake_fds=fds)
-        if self.bell is not None and self.bell.rang():
+        ready = process.wait_any(procs, timeout, wake_fds=fds)
+        bell = self.bell
+        if bell is not None and bell.fileno() in ready and bell.rang():
             self.rings += 1
             self.clock.next_claim = 0.0
 

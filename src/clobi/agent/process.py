@@ -313,10 +313,11 @@ def wait_any(
     timeout_s: float | None,
     wake_fd: int | None = None,
     wake_fds: Iterable[int] = (),
-) -> None:
+) -> set[int]:
     """Block without using CPU until one of `procs` may have exited, `wake_fd` or one of
     `wake_fds` is readable or `timeout_s` passes. Pass only processes not yet reaped: a reaped
-    one ends it at once."""
+    one ends it at once. Returns the descriptors found readable (pidfds and wake fds; empty
+    after a timeout; without pidfds a process's exit shows in none)."""
     poller = select.poll()
     blind = []
     for proc in procs:
@@ -328,20 +329,26 @@ def wait_any(
         if fd is not None:
             poller.register(fd, select.POLLIN)
     if blind:
-        _wait_polling(poller, blind, timeout_s)
-    else:
-        poller.poll(None if timeout_s is None else max(0.0, timeout_s) * 1000)
+        return _wait_polling(poller, blind, timeout_s)
+    events = poller.poll(None if timeout_s is None else max(0.0, timeout_s) * 1000)
+    return {fd for fd, _ in events}
 
 
-def _wait_polling(poller: select.poll, blind: list[JobProcess], timeout_s: float | None) -> None:
+def _wait_polling(
+    poller: select.poll, blind: list[JobProcess], timeout_s: float | None
+) -> set[int]:
     """wait_any for processes without a pidfd: check them every few milliseconds."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while not any(_has_exited(p) for p in blind):
         slice_s = _FALLBACK_POLL_INTERVAL_S
         if deadline is not None:
             slice_s = min(slice_s, deadline - time.monotonic())
-        if slice_s <= 0 or poller.poll(slice_s * 1000):
-            return
+        if slice_s <= 0:
+            return set()
+        events = poller.poll(slice_s * 1000)
+        if events:
+            return {fd for fd, _ in events}
+    return set()
 
 
 def _has_exited(proc: JobProcess) -> bool:

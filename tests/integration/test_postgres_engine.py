@@ -440,29 +440,29 @@ def test_reporting_and_claiming_a_batch_costs_as_many_round_trips_as_one_job(
     store = open_store()
     agent = store.register_agent(make_agent(cpus=16))
     store.submit(make_submission(count=48))
-    sent: list[str] = []
-    for name in ("execute", "executemany"):  # executemany is one round trip (a pipeline)
-        original = getattr(PgCursor, name)
-        monkeypatch.setattr(PgCursor, name, _counted(original, sent))
+    sent: list[int] = []  # per round trip, how many statements the server ran
+    monkeypatch.setattr(PgCursor, "execute", _counted(PgCursor.execute, sent, many=False))
+    monkeypatch.setattr(PgCursor, "executemany", _counted(PgCursor.executemany, sent, many=True))
 
-    def turn(claims: list[Claim], limit: int) -> tuple[list[Claim], int]:
+    def turn(claims: list[Claim], limit: int) -> tuple[list[Claim], int, int]:
         sent.clear()
         outcomes = [Outcome(c.attempt_id, AttemptState.SUCCEEDED, exit_code=0) for c in claims]
         _, more = store.finish(agent, outcomes, ClaimRequest(agent, capacity(16), limit, 30.0))
-        return more, len(sent)
+        return more, len(sent), sum(sent)
 
     one = store.claim(ClaimRequest(agent, capacity(16), 1, 30.0))
-    one, one_job = turn(one, 1)
-    batch, _ = turn(one, 16)
-    batch, sixteen = turn(batch, 16)
+    one, trips_one, ran_one = turn(one, 1)
+    batch, _, _ = turn(one, 16)
+    batch, trips, ran = turn(batch, 16)
     assert len(batch) == 16
-    assert sixteen == one_job
+    assert trips == trips_one  # executemany is one round trip (a pipeline)
+    assert ran - ran_one <= 2 * 15  # per job: its attempt's end and its job's end
 
 
-def _counted(method: Callable[..., Any], sent: list[str]) -> Callable[..., Any]:
-    def counted(self: PgCursor, sql: str, *args: Any) -> Any:
-        sent.append(sql)
-        return method(self, sql, *args)
+def _counted(method: Callable[..., Any], sent: list[int], many: bool) -> Callable[..., Any]:
+    def counted(self: PgCursor, sql: str, params: Any = None, /) -> Any:
+        sent.append(len(params) if many else 1)
+        return method(self, sql, params)
 
     return counted
 

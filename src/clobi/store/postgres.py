@@ -196,13 +196,20 @@ class PostgresStore(
         cur.execute(self.q["claim_plan"])  # after the report's reads, which need their sort
         return super()._claim(cur, req, now, events)
 
-    def _insert_attempts(
+    def _start_attempts(
         self, cur: Cursor, job_ids: Sequence[int], params: dict[str, Any]
     ) -> list[int]:
-        """One statement (one round trip) for all of a claim's attempts."""
-        cur.execute(self.q["insert_attempts"], {**params, "job_ids": list(job_ids)})
+        """One statement for all of a claim's attempts and jobs (see `start_attempts`)."""
+        cur.execute(self.q["start_attempts"], {**params, "job_ids": list(job_ids)})
         ids = dict((job_id, attempt_id) for attempt_id, job_id in cur.fetchall())
+        if len(ids) != len(job_ids):  # (the attempts inserted are rolled back with the rest)
+            raise RuntimeError(f"jobs {list(job_ids)}: some claimed twice")
         return [ids[job_id] for job_id in job_ids]
+
+    def _insert_events(self, cur: Cursor, events: Sequence[dict[str, Any]]) -> None:
+        """One statement for a batch of events (see `insert_events`)."""
+        if events:
+            cur.execute(self.q["insert_events"], {k: [e[k] for e in events] for k in events[0]})
 
     def sweep(self, lost_cap: int, agent_timeout_s: float) -> SweepResult:
         """Sweep, notifying listeners in the same transaction when jobs were requeued."""

@@ -72,6 +72,11 @@ class SqlCore:
         row = event_row(now, kind, job_id, attempt_id, agent_id, from_state, to_state, detail)
         cur.execute(self.q["insert_event"], row)
 
+    def _insert_events(self, cur: Cursor, events: Sequence[dict[str, Any]]) -> None:
+        """Append `event_row`s in their order (one executemany; engines may do better)."""
+        if events:
+            cur.executemany(self.q["insert_event"], events)
+
     def _spec(self, cur: Cursor, spec_id: int) -> tuple[JobSpec, str | None]:
         """A spec by id, parsed once per store (arrays share one spec row)."""
         hit = self._spec_cache.get(spec_id)

@@ -59,7 +59,7 @@ class SqlWork(SqlCore):
         with self._tx(durable=False) as cur:
             events: list[dict[str, Any]] = []
             claims = self._claim(cur, request, self._now(), events)
-            cur.executemany(self.q["insert_event"], events)
+            self._insert_events(cur, events)
             return claims
 
     def finish(
@@ -75,7 +75,7 @@ class SqlWork(SqlCore):
             claims = []
             if then is not None and then.limit > 0:
                 claims = self._claim(cur, then, now, events)
-            cur.executemany(self.q["insert_event"], events)  # one statement for the whole batch
+            self._insert_events(cur, events)
             return refused, claims
 
     def heartbeat(
@@ -222,7 +222,7 @@ class SqlWork(SqlCore):
         if not picked:
             return []
         lease_until = now + req.lease_s
-        attempt_ids = self._insert_attempts(
+        attempt_ids = self._start_attempts(
             cur,
             [job_id for job_id, _, _ in picked],
             {
@@ -232,15 +232,6 @@ class SqlWork(SqlCore):
                 "workdir": req.workdir_root,
             },
         )
-        cur.executemany(
-            self.q["mark_running"],
-            [
-                {"job_id": job_id, "attempt_id": attempt_id, "now": now}
-                for (job_id, _, _), attempt_id in zip(picked, attempt_ids, strict=True)
-            ],
-        )
-        if cur.rowcount != len(picked):  # cannot happen with the jobs locked; refuse loudly
-            raise RuntimeError(f"jobs {[p[0] for p in picked]}: some claimed twice")
         claims: list[Claim] = []
         for (job_id, spec_id, index), attempt_id in zip(picked, attempt_ids, strict=True):
             events.append(
@@ -250,15 +241,24 @@ class SqlWork(SqlCore):
             claims.append(Claim(attempt_id, job_id, spec, index, sha, lease_until))
         return claims
 
-    def _insert_attempts(
+    def _start_attempts(
         self, cur: Cursor, job_ids: Sequence[int], params: dict[str, Any]
     ) -> list[int]:
-        """Insert a running attempt for each job (`insert_attempt`); their ids, in order.
-        One statement each (SQLite's run in process); engines may insert them at once."""
-        return [
+        """Insert a running attempt for each queued job and mark the job running with it;
+        the attempts' ids, in order. Raises if a job was not queued any more (cannot happen
+        with the jobs locked; refused loudly if it does). Here one INSERT each (SQLite runs
+        them in process; it may lack RETURNING) and one executemany."""
+        ids = [
             self._insert(cur, self.q["insert_attempt"], {**params, "job_id": job_id})
             for job_id in job_ids
         ]
+        now = params["now"]
+        rows = zip(job_ids, ids, strict=True)
+        marks = [{"job_id": job, "attempt_id": attempt, "now": now} for job, attempt in rows]
+        cur.executemany(self.q["mark_running"], marks)
+        if cur.rowcount != len(job_ids):  # summed over the batch
+            raise RuntimeError(f"jobs {list(job_ids)}: some claimed twice")
+        return ids
 
     def _finish(
         self,

@@ -53,12 +53,32 @@ WHERE a.id IN ({ids}) AND a.agent_id = :agent_id
 ORDER BY j.id, a.id
 FOR UPDATE OF j, a;
 
--- name: insert_attempts
--- A claim's attempts in one statement; RETURNING has no order, so each id comes with its job.
-INSERT INTO attempts (job_id, agent_id, state, started_at, lease_until, workdir)
-SELECT job_id, :agent_id, 'running', :now, :lease_until, :workdir
-FROM unnest(CAST(:job_ids AS bigint[])) AS job_id
-RETURNING id, job_id;
+-- name: start_attempts
+-- A claim's attempts, and its jobs marked running with them, in one statement. RETURNING has
+-- no order, so each attempt id comes with its job's; a job not queued any more is missing.
+WITH a AS (
+    INSERT INTO attempts (job_id, agent_id, state, started_at, lease_until, workdir)
+    SELECT job_id, :agent_id, 'running', :now, :lease_until, :workdir
+    FROM unnest(CAST(:job_ids AS bigint[])) AS job_id
+    RETURNING id, job_id
+)
+UPDATE jobs j SET state = 'running', current_attempt = a.id, attempts = j.attempts + 1,
+                  updated_at = :now
+FROM a
+WHERE j.id = a.job_id AND j.state = 'queued'
+RETURNING a.id, j.id;
+
+-- name: insert_events
+-- A batch of events in one statement, their ids in the order given (each argument an array,
+-- one element per event).
+INSERT INTO events (ts, job_id, attempt_id, agent_id, kind, from_state, to_state, detail)
+SELECT ts, job_id, attempt_id, agent_id, kind, from_state, to_state, detail
+FROM unnest(CAST(:now AS double precision[]), CAST(:job_id AS bigint[]),
+            CAST(:attempt_id AS bigint[]), CAST(:agent_id AS bigint[]), CAST(:kind AS text[]),
+            CAST(:from_state AS text[]), CAST(:to_state AS text[]), CAST(:detail AS text[]))
+     WITH ORDINALITY AS e (ts, job_id, attempt_id, agent_id, kind, from_state, to_state,
+                           detail, n)
+ORDER BY n;
 
 -- name: set_drain
 UPDATE agents SET drain = :drain, state = CASE WHEN :drain <> 0 THEN 'draining' ELSE 'up' END

@@ -10,6 +10,7 @@ import builtins
 import getpass
 import io
 import os
+import select
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -183,15 +184,25 @@ class Client:
         Raises `TimeoutError` when `timeout_s` passes first.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            counts = self.counts(job_ids)
-            if on_progress is not None:
-                on_progress(counts)
-            if counts[JobState.QUEUED] == 0 and counts[JobState.RUNNING] == 0:
-                return counts
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"jobs still unfinished after {timeout_s} s")
-            time.sleep(WAIT_POLL_S)
+        ends = self.store.watch_ends()  # before the first look: no end goes unnoticed
+        try:
+            while True:
+                counts = self.counts(job_ids)
+                if on_progress is not None:
+                    on_progress(counts)
+                if counts[JobState.QUEUED] == 0 and counts[JobState.RUNNING] == 0:
+                    return counts
+                now = time.monotonic()
+                if deadline is not None and now > deadline:
+                    raise TimeoutError(f"jobs still unfinished after {timeout_s} s")
+                pause_s = WAIT_POLL_S if deadline is None else min(WAIT_POLL_S, deadline - now)
+                if ends is None:
+                    time.sleep(max(0.0, pause_s))
+                elif select.select([ends], [], [], max(0.0, pause_s))[0]:
+                    ends.rang()
+        finally:
+            if ends is not None:
+                ends.close()
 
     # --- outputs ---------------------------------------------------------------------
     def open_output(self, job_id: int, attempt_id: int | None = None) -> BinaryIO:

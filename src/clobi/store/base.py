@@ -330,6 +330,12 @@ class Store(ABC):
         """Subscribe to wake-ups for new work (None: the engine has none; poll instead)."""
         return None
 
+    def watch_ends(self) -> Wakeup | None:
+        """A handle that turns readable when jobs may have ended (reported, killed, failed
+        by the sweeper), for waiters such as `Client.wait`; close it when done. None: the
+        engine has none; poll instead."""
+        return None
+
     @abstractmethod
     def close(self) -> None:
         """Release connections."""

@@ -16,17 +16,19 @@ idle agents wake at once without polling the file.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from clobi.errors import Conflict, SessionError, StoreUnavailable
-from clobi.model.records import Submission, SweepResult
+from clobi.model.records import Claim, Outcome, Submission, SweepResult
 from clobi.store import queries
-from clobi.store.base import Store, Wakeup
+from clobi.store.base import ClaimRequest, Store, Wakeup
 from clobi.store.bells import Bells
 from clobi.store.sqlcore import Cursor
 from clobi.store.sqlinstances import SqlInstances
@@ -49,6 +51,8 @@ class SqliteStore(SqlJobs, SqlWork, SqlTokens, SqlLogs, SqlInstances, SqlOutbox,
         self._lock = threading.RLock()
         self._conn = _connect(self.path)
         self.bells = Bells(self.path.with_name(self.path.name + ".bells"))
+        self.end_bells = Bells(self.path.with_name(self.path.name + ".ends"))  # for waiters
+        self._watchers = itertools.count()
         migrate(self._conn)
 
     @classmethod
@@ -100,7 +104,26 @@ class SqliteStore(SqlJobs, SqlWork, SqlTokens, SqlLogs, SqlInstances, SqlOutbox,
         result = super().sweep(lost_cap, agent_timeout_s)
         if result.requeued_jobs:
             self.bells.ring()
+        if result.failed_jobs or result.cancelled_jobs:
+            self.end_bells.ring()
         return result
+
+    def finish(
+        self, agent_id: int, outcomes: Sequence[Outcome], then: ClaimRequest | None = None
+    ) -> tuple[list[int], list[Claim]]:
+        result = super().finish(agent_id, outcomes, then)
+        if outcomes:
+            self.end_bells.ring()
+        return result
+
+    def kill(self, job_ids: Sequence[int]) -> list[int]:
+        killed = super().kill(job_ids)
+        if killed:
+            self.end_bells.ring()
+        return killed
+
+    def watch_ends(self) -> Wakeup | None:
+        return self.end_bells.listen(f"w{os.getpid()}-{next(self._watchers)}")
 
     def listen(self, name: str) -> Wakeup | None:
         return self.bells.listen(name)

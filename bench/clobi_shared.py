@@ -307,7 +307,7 @@ def drain(workdir: Path, n: int, count: int, cpus: float = 1) -> DrainResult:
 
 def latency(workdir: Path, n: int, cores: int) -> LatencyResult:
     """W2: one `/bin/true` at a time into idle remote agents, submit → succeeded as the remote
-    client sees it (polling the job over HTTP every 0.5 ms, like the embedded row)."""
+    client sees it (polling the job over HTTP every 0.5 ms)."""
     result = LatencyResult("clobi", config(cores))
     probes: list[Probe] = []
     with shared_session(workdir, "w2") as shared, shared.store_client() as store:

@@ -141,9 +141,9 @@ def latency_section(report: dict[str, Any]) -> Section | None:
         for r in rows_in
     ]
     notes = [
-        "floor: spawning one /bin/true and waiting for it, nothing else. Clobi's client polls "
-        "the job's state every 0.5 ms (shared: over HTTP, through the server); peers use their "
-        "own result wait.",
+        "floor: spawning one /bin/true and waiting for it, nothing else. Clobi embedded waits "
+        "with Client.wait (woken by the store when the report commits); shared polls the job's "
+        "state every 0.5 ms over HTTP, through the server; peers use their own result wait.",
         *[
             f"{r['system']} ({r['config']}): {r['note'] or r['error']}"
             for r in rows_in

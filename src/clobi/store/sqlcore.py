@@ -1,8 +1,8 @@
 """What the SQL engines share: transactions, named queries, row mapping, events.
 
 Engines (`sqlite`, later `postgres`) provide connections and `_tx()`; the behaviour lives in
-`sqljobs` (submitting, reading, user actions) and `sqlwork` (claims, reports, leases, sweeping),
-written once over this core.
+`sqljobs` (submitting, reading, user actions), `sqlclaims` (claims, reports) and `sqlwork`
+(agents, leases, sweeping), written once over this core.
 """
 
 from __future__ import annotations

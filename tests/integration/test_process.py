@@ -138,6 +138,28 @@ def test_the_job_sees_only_its_own_environment_plus_marker_path_and_home(
     )
 
 
+def test_signals_the_agent_ignores_are_at_their_defaults_in_the_job(
+    spawn_job: Spawner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handled = signal.getsignal(signal.SIGUSR1)
+    monkeypatch.setattr(process, "_signals_to_default", process._signals_to_default.__wrapped__)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+    signal.signal(signal.SIGUSR1, lambda *_: None)  # a handler: exec resets it by itself
+    try:
+        proc = spawn_job(["sleep", "30"])
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+        signal.signal(signal.SIGUSR1, handled)
+    status = Path(f"/proc/{proc.pid}/status").read_text()
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    # Bits of the signals a program can use (glibc keeps 32 and 33 for itself and ignores them
+    # in a spawned child whatever one asks; its programs take them back at start-up).
+    usable = sum(1 << (s - 1) for s in signal.valid_signals())
+    assert int(fields["SigIgn"], 16) & usable == 0, fields["SigIgn"]  # not SIGPIPE nor SIGHUP
+    assert int(fields["SigCgt"], 16) & usable == 0, fields["SigCgt"]
+    assert int(fields["SigBlk"], 16) & usable == 0, fields["SigBlk"]
+
+
 def test_a_given_path_and_home_are_kept_and_the_marker_cannot_be_forged(
     spawn_job: Spawner, tmp_path: Path
 ) -> None:

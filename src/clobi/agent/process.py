@@ -52,8 +52,7 @@ _MAX_KILL_ROUNDS = 16
 
 _OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC  # no O_CLOEXEC: these become fds 1 and 2
 _OUTPUT_MODE = 0o666  # the umask applies, as for a shell redirection
-# Ignored signals survive exec: give the job default dispositions for everything.
-_SIGNALS_TO_DEFAULT = tuple(
+_RESETTABLE_SIGNALS = tuple(
     sorted(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}, key=int)
 )
 _SPAWN_CLOSEFROM: int | None = getattr(os, "POSIX_SPAWN_CLOSEFROM", None)  # Python >= 3.13
@@ -193,7 +192,7 @@ def _posix_spawn(exe: str, argv: Sequence[str], env: dict[str, str], actions: li
             env,
             file_actions=actions,
             setsid=True,
-            setsigdef=_SIGNALS_TO_DEFAULT,
+            setsigdef=_signals_to_default(),
             setsigmask=(),
         )
     except ValueError as e:  # NUL bytes or '=' in names: the spec's fault
@@ -202,6 +201,16 @@ def _posix_spawn(exe: str, argv: Sequence[str], env: dict[str, str], actions: li
         if e.errno in _EXEC_ERRNOS or _outputs_writable(actions):
             raise SpawnError(f"cannot run {argv[0]!r}: {e.strerror}") from e
         raise
+
+
+@cache
+def _signals_to_default() -> tuple[int, ...]:
+    """The signals this process ignores: ignored signals survive exec, so the job gets them
+    back at their defaults (exec resets caught ones by itself). Asking for just these instead
+    of all ~60 saves the child as many sigaction calls (~5 % of a `/bin/true` spawn). Read
+    once, from Python's view of the dispositions (which includes those inherited at start-up):
+    an agent never ignores more signals later."""
+    return tuple(s for s in _RESETTABLE_SIGNALS if signal.getsignal(s) == signal.SIG_IGN)
 
 
 def _resolve(name: str, path_var: str) -> str:

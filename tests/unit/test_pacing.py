@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from clobi.agent.pacing import PREFETCH_PER_SLOT, REPORT_BATCH, REPORT_DELAY_S, Pace
+from clobi.agent.pacing import BACKLOG_S, PREFETCH_MAX_PER_SLOT, REPORT_DELAY_S, Pace
 
 
 def short_pace(slots: int = 2) -> Pace:
@@ -29,10 +29,10 @@ def test_long_jobs_are_never_claimed_ahead_and_reported_at_once() -> None:
 
 def test_short_jobs_are_claimed_ahead_in_batches_not_one_by_one() -> None:
     pace = short_pace(slots=2)
-    full = 2 * (1 + PREFETCH_PER_SLOT)
+    full = 2 * (1 + PREFETCH_MAX_PER_SLOT)
     assert pace.claim_size(held=0) == full
     assert pace.claim_size(held=full - 1) == 0  # one missing: wait for a real batch
-    assert pace.claim_size(held=full - PREFETCH_PER_SLOT) == PREFETCH_PER_SLOT
+    assert pace.claim_size(held=full - PREFETCH_MAX_PER_SLOT) == PREFETCH_MAX_PER_SLOT
 
 
 @pytest.mark.parametrize(
@@ -41,7 +41,8 @@ def test_short_jobs_are_claimed_ahead_in_batches_not_one_by_one() -> None:
         (0, 1.0, 0, False),  # nothing to report
         (1, 0.0, 10, False),  # short jobs keep running from the backlog: wait for company
         (1, REPORT_DELAY_S, 10, True),  # but never longer than the delay
-        (REPORT_BATCH, 0.0, 10, True),  # a full batch goes at once
+        (PREFETCH_MAX_PER_SLOT, 0.0, 10, True),  # a full batch (2 slots × 64 / 2) goes at once
+        (PREFETCH_MAX_PER_SLOT - 1, 0.0, 10, False),
         (1, 0.0, 1, True),  # the backlog runs low: report and refill together
     ],
 )
@@ -54,3 +55,14 @@ def test_the_estimate_follows_a_change_from_short_to_long_jobs() -> None:
     for _ in range(20):
         pace.observe(2.0)
     assert not pace.short
+
+
+@pytest.mark.parametrize(("typical_s", "ahead"), [(0.001, 64), (0.01, 25), (0.04, 6)])
+def test_the_backlog_holds_at_most_a_quarter_second_of_work_per_slot(
+    typical_s: float, ahead: int
+) -> None:
+    pace = Pace(slots=4)
+    for _ in range(5):
+        pace.observe(typical_s)
+    assert pace.claim_size(held=0) == 4 * (1 + ahead)
+    assert ahead * typical_s <= BACKLOG_S + 1e-9

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -12,8 +13,9 @@ from clobi.errors import StoreUnavailable
 from clobi.model.records import Outcome
 from clobi.model.states import AttemptState, JobState
 from clobi.store import queries
+from clobi.store import sqlite as sqlite_engine
 from clobi.store.base import ClaimRequest, LogTail
-from clobi.store.sqlite import SqliteStore, migrate
+from clobi.store.sqlite import BUSY_TIMEOUT_S, SqliteStore, migrate
 from tests.conftest import capacity, make_agent, make_submission
 
 
@@ -74,13 +76,15 @@ def test_only_a_claim_alone_commits_without_fsync(tmp_path: Path) -> None:
         store.close()
 
 
-def test_a_failed_claim_leaves_the_connection_at_full_sync(tmp_path: Path) -> None:
+def test_a_failed_claim_leaves_the_connection_at_full_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = SqliteStore(tmp_path / "c.db")
     writer = sqlite3.connect(tmp_path / "c.db", isolation_level=None)
     try:
         agent = store.register_agent(make_agent())
         (job_id,) = store.submit(make_submission())
-        store._conn.execute("PRAGMA busy_timeout = 50")
+        monkeypatch.setattr(sqlite_engine, "BUSY_TIMEOUT_S", 0.05)  # fail fast, not in 120 s
         writer.execute("BEGIN IMMEDIATE")
         with pytest.raises(StoreUnavailable):
             store.claim(ClaimRequest(agent, capacity(), 1, 30.0))
@@ -114,18 +118,58 @@ def test_a_claim_that_finds_nothing_does_not_wait_for_the_write_lock(tmp_path: P
         store.close()
 
 
-def test_a_claim_that_may_take_a_job_still_waits_for_the_write_lock(tmp_path: Path) -> None:
+def test_a_claim_that_may_take_a_job_still_waits_for_the_write_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = SqliteStore(tmp_path / "c.db")
     writer = sqlite3.connect(tmp_path / "c.db", isolation_level=None)
     try:
         agent = store.register_agent(make_agent())
         store.submit(make_submission())
-        store._conn.execute("PRAGMA busy_timeout = 50")
+        monkeypatch.setattr(sqlite_engine, "BUSY_TIMEOUT_S", 0.05)
         writer.execute("BEGIN IMMEDIATE")
         with pytest.raises(StoreUnavailable, match="locked"):
             store.claim(ClaimRequest(agent, capacity(), 4, 30.0))
         writer.execute("COMMIT")
         assert len(store.claim(ClaimRequest(agent, capacity(), 4, 30.0))) == 1
+    finally:
+        writer.close()
+        store.close()
+
+
+def test_a_writer_waits_for_a_lock_held_elsewhere_and_then_commits(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "c.db")
+    writer = sqlite3.connect(tmp_path / "c.db", isolation_level=None, check_same_thread=False)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        release = threading.Timer(0.3, lambda: writer.execute("COMMIT"))
+        release.start()
+        started = time.monotonic()
+        [job_id] = store.submit(make_submission())
+        release.join()
+        assert time.monotonic() - started >= 0.25
+        assert store.get_job(job_id).state is JobState.QUEUED
+        timeout_ms = int(BUSY_TIMEOUT_S * 1000)
+        assert store._conn.execute("PRAGMA busy_timeout").fetchone()[0] == timeout_ms
+    finally:
+        writer.close()
+        store.close()
+
+
+def test_a_writer_gives_up_with_a_clear_error_when_the_lock_never_comes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SqliteStore(tmp_path / "c.db")
+    writer = sqlite3.connect(tmp_path / "c.db", isolation_level=None)
+    try:
+        monkeypatch.setattr(sqlite_engine, "BUSY_TIMEOUT_S", 0.2)
+        writer.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match=r"c\.db: database is locked"):
+            store.submit(make_submission())
+        assert 0.2 <= time.monotonic() - started < 2.0
+        writer.execute("COMMIT")
+        assert store.submit(make_submission())  # the store is usable again
     finally:
         writer.close()
         store.close()

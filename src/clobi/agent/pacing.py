@@ -31,6 +31,10 @@ class Pace:
 
     slots: int
     typical_s: float | None = None
+    prefetch: int = 0  # jobs to hold ahead per slot: none until jobs are known to be short
+
+    def __post_init__(self) -> None:
+        self._update()
 
     def observe(self, runtime_s: float) -> None:
         """Fold one finished job's wall time into the running estimate."""
@@ -38,17 +42,19 @@ class Pace:
             self.typical_s = runtime_s
         else:
             self.typical_s += _EWMA_WEIGHT * (runtime_s - self.typical_s)
+        self._update()
 
     @property
     def short(self) -> bool:
         return self.typical_s is not None and self.typical_s < SHORT_JOB_S
 
-    @property
-    def prefetch(self) -> int:
-        """Jobs to hold ahead per slot: none until jobs are known to be short."""
+    def _update(self) -> None:
+        # Kept up to date here: the loop asks several times a turn.
         if self.typical_s is None or not self.short:
-            return 0
-        return max(1, min(PREFETCH_MAX_PER_SLOT, int(BACKLOG_S / max(self.typical_s, 1e-6))))
+            self.prefetch = 0
+        else:
+            ahead = int(BACKLOG_S / max(self.typical_s, 1e-6))
+            self.prefetch = max(1, min(PREFETCH_MAX_PER_SLOT, ahead))
 
     @property
     def factor(self) -> int:

@@ -26,7 +26,8 @@ from clobi.session import Session, find_session
 if TYPE_CHECKING:
     from clobi.sandbox.base import SandboxStore
 
-WAIT_POLL_S = 0.2
+WAIT_POLL_S = 0.2  # longest pause between two looks while waiting
+FIRST_POLL_S = 0.005  # without a store's wake-ups the pauses start here and grow by half
 REMOTE_POLL_S = 0.5  # log follow through a server: tails change once a heartbeat
 
 
@@ -181,10 +182,13 @@ class Client:
     ) -> dict[JobState, int]:
         """Block until the jobs (default: all) are finished; return the final counts.
 
-        Raises `TimeoutError` when `timeout_s` passes first.
+        Raises `TimeoutError` when `timeout_s` passes first. Woken by the store when jobs end
+        where it can (embedded sessions); elsewhere it looks again after 5 ms, then ever
+        less often up to every `WAIT_POLL_S`, so short jobs are not waited for long.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         ends = self.store.watch_ends()  # before the first look: no end goes unnoticed
+        poll_s = WAIT_POLL_S if ends is not None else min(FIRST_POLL_S, WAIT_POLL_S)
         try:
             while True:
                 counts = self.counts(job_ids)
@@ -195,9 +199,10 @@ class Client:
                 now = time.monotonic()
                 if deadline is not None and now > deadline:
                     raise TimeoutError(f"jobs still unfinished after {timeout_s} s")
-                pause_s = WAIT_POLL_S if deadline is None else min(WAIT_POLL_S, deadline - now)
+                pause_s = poll_s if deadline is None else min(poll_s, deadline - now)
                 if ends is None:
                     time.sleep(max(0.0, pause_s))
+                    poll_s = min(poll_s * 1.5, WAIT_POLL_S)
                 elif select.select([ends], [], [], max(0.0, pause_s))[0]:
                     ends.rang()
         finally:

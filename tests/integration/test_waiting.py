@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import select
 import threading
 import time
@@ -69,3 +70,34 @@ def test_a_wait_that_times_out_says_so_and_leaves_no_watch_behind(tmp_path: Path
             client.wait([job_id], timeout_s=0.1)
     ends = tmp_path / "s"
     assert not [p for p in ends.rglob("*.ends/*")]
+
+
+def test_without_wake_ups_a_waiter_looks_soon_then_ever_less_often(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Client(init_session(tmp_path / "s")) as client:
+        monkeypatch.setattr(client.store, "watch_ends", lambda: None)  # as a remote session
+        looks: list[float] = []
+        counts = client.counts
+
+        def counted(job_ids: list[int] | None = None) -> dict[JobState, int]:
+            looks.append(time.monotonic())
+            return counts(job_ids)
+
+        monkeypatch.setattr(client, "counts", counted)
+        [job_id] = client.submit({"command": ["true"]})
+
+        def kill() -> None:
+            with Client(client.session) as other:
+                other.kill([job_id])
+
+        killer = threading.Timer(1.0, kill)
+        killer.start()
+        started = time.monotonic()
+        client.wait([job_id], timeout_s=30)
+        killer.join()
+    gaps = [b - a for a, b in itertools.pairwise(looks)]
+    assert gaps[0] < 0.05  # the first look again comes soon
+    assert max(gaps) <= client_module.WAIT_POLL_S + 0.1  # and never later than the longest pause
+    assert 5 <= len(looks) <= 25  # not every 5 ms for a second either
+    assert time.monotonic() - started < 1.0 + client_module.WAIT_POLL_S + 0.5

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,18 @@ from clobi.store import sqlite as sqlite_engine
 from clobi.store.base import ClaimRequest, LogTail
 from clobi.store.sqlite import BUSY_TIMEOUT_S, SqliteStore, migrate
 from tests.conftest import capacity, make_agent, make_submission
+
+Connections = tuple[SqliteStore, sqlite3.Connection]
+
+
+@pytest.fixture
+def connections(tmp_path: Path) -> Iterator[Connections]:
+    """The store, and another connection to its database (another process's, as it were)."""
+    store = SqliteStore(tmp_path / "c.db")
+    writer = sqlite3.connect(tmp_path / "c.db", isolation_level=None, check_same_thread=False)
+    yield store, writer
+    writer.close()
+    store.close()
 
 
 def _schema_of(conn: sqlite3.Connection) -> set[tuple[str, str, str]]:
@@ -77,102 +90,81 @@ def test_only_a_claim_alone_commits_without_fsync(tmp_path: Path) -> None:
 
 
 def test_a_failed_claim_leaves_the_connection_at_full_sync(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    connections: Connections, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = SqliteStore(tmp_path / "c.db")
-    writer = sqlite3.connect(tmp_path / "c.db", isolation_level=None)
-    try:
-        agent = store.register_agent(make_agent())
-        (job_id,) = store.submit(make_submission())
-        monkeypatch.setattr(sqlite_engine, "BUSY_TIMEOUT_S", 0.05)  # fail fast, not in 120 s
-        writer.execute("BEGIN IMMEDIATE")
-        with pytest.raises(StoreUnavailable):
-            store.claim(ClaimRequest(agent, capacity(), 1, 30.0))
-        assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-        writer.execute("ROLLBACK")
-        store._spec_cache.clear()
-        store._conn.execute("UPDATE specs SET spec_json = '{'")  # the claim breaks midway
-        with pytest.raises(ValueError):
-            store.claim(ClaimRequest(agent, capacity(), 1, 30.0))
-        assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2
-        assert store.get_job(job_id).state is JobState.QUEUED
-    finally:
-        writer.close()
-        store.close()
+    store, writer = connections
+    agent = store.register_agent(make_agent())
+    (job_id,) = store.submit(make_submission())
+    monkeypatch.setattr(sqlite_engine, "BUSY_TIMEOUT_S", 0.05)  # fail fast, not in 120 s
+    writer.execute("BEGIN IMMEDIATE")
+    with pytest.raises(StoreUnavailable):
+        store.claim(ClaimRequest(agent, capacity(), 1, 30.0))
+    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    writer.execute("ROLLBACK")
+    store._spec_cache.clear()
+    store._conn.execute("UPDATE specs SET spec_json = '{'")  # the claim breaks midway
+    with pytest.raises(ValueError):
+        store.claim(ClaimRequest(agent, capacity(), 1, 30.0))
+    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert store.get_job(job_id).state is JobState.QUEUED
 
 
-def test_a_claim_that_finds_nothing_does_not_wait_for_the_write_lock(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "c.db")
-    writer = sqlite3.connect(tmp_path / "c.db", isolation_level=None)
-    try:
-        agent = store.register_agent(make_agent())
-        store.submit(make_submission(cpus=8))
-        store._conn.execute("PRAGMA busy_timeout = 50")  # fail fast instead of waiting 120 s
-        version = writer.execute("PRAGMA data_version").fetchone()[0]
-        writer.execute("BEGIN IMMEDIATE")  # another process holds the write lock
-        assert store.claim(ClaimRequest(agent, capacity(), 4, 30.0)) == []
-        writer.execute("COMMIT")
-        assert writer.execute("PRAGMA data_version").fetchone()[0] == version
-    finally:
-        writer.close()
-        store.close()
+def test_a_claim_that_finds_nothing_does_not_wait_for_the_write_lock(
+    connections: Connections,
+) -> None:
+    store, writer = connections
+    agent = store.register_agent(make_agent())
+    store.submit(make_submission(cpus=8))
+    store._conn.execute("PRAGMA busy_timeout = 50")  # fail fast instead of waiting 120 s
+    version = writer.execute("PRAGMA data_version").fetchone()[0]
+    writer.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    assert store.claim(ClaimRequest(agent, capacity(), 4, 30.0)) == []
+    writer.execute("COMMIT")
+    assert writer.execute("PRAGMA data_version").fetchone()[0] == version
 
 
 def test_a_claim_that_may_take_a_job_still_waits_for_the_write_lock(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    connections: Connections, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = SqliteStore(tmp_path / "c.db")
-    writer = sqlite3.connect(tmp_path / "c.db", isolation_level=None)
-    try:
-        agent = store.register_agent(make_agent())
-        store.submit(make_submission())
-        monkeypatch.setattr(sqlite_engine, "BUSY_TIMEOUT_S", 0.05)
-        writer.execute("BEGIN IMMEDIATE")
-        with pytest.raises(StoreUnavailable, match="locked"):
-            store.claim(ClaimRequest(agent, capacity(), 4, 30.0))
-        writer.execute("COMMIT")
-        assert len(store.claim(ClaimRequest(agent, capacity(), 4, 30.0))) == 1
-    finally:
-        writer.close()
-        store.close()
+    store, writer = connections
+    agent = store.register_agent(make_agent())
+    store.submit(make_submission())
+    monkeypatch.setattr(sqlite_engine, "BUSY_TIMEOUT_S", 0.05)
+    writer.execute("BEGIN IMMEDIATE")
+    with pytest.raises(StoreUnavailable, match="locked"):
+        store.claim(ClaimRequest(agent, capacity(), 4, 30.0))
+    writer.execute("COMMIT")
+    assert len(store.claim(ClaimRequest(agent, capacity(), 4, 30.0))) == 1
 
 
-def test_a_writer_waits_for_a_lock_held_elsewhere_and_then_commits(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "c.db")
-    writer = sqlite3.connect(tmp_path / "c.db", isolation_level=None, check_same_thread=False)
-    try:
-        writer.execute("BEGIN IMMEDIATE")
-        release = threading.Timer(0.3, lambda: writer.execute("COMMIT"))
-        release.start()
-        started = time.monotonic()
-        [job_id] = store.submit(make_submission())
-        release.join()
-        assert time.monotonic() - started >= 0.25
-        assert store.get_job(job_id).state is JobState.QUEUED
-        timeout_ms = int(BUSY_TIMEOUT_S * 1000)
-        assert store._conn.execute("PRAGMA busy_timeout").fetchone()[0] == timeout_ms
-    finally:
-        writer.close()
-        store.close()
+def test_a_writer_waits_for_a_lock_held_elsewhere_and_then_commits(
+    connections: Connections,
+) -> None:
+    store, writer = connections
+    writer.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.3, lambda: writer.execute("COMMIT"))
+    release.start()
+    started = time.monotonic()
+    [job_id] = store.submit(make_submission())
+    release.join()
+    assert time.monotonic() - started >= 0.25
+    assert store.get_job(job_id).state is JobState.QUEUED
+    timeout_ms = int(BUSY_TIMEOUT_S * 1000)
+    assert store._conn.execute("PRAGMA busy_timeout").fetchone()[0] == timeout_ms
 
 
 def test_a_writer_gives_up_with_a_clear_error_when_the_lock_never_comes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    connections: Connections, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = SqliteStore(tmp_path / "c.db")
-    writer = sqlite3.connect(tmp_path / "c.db", isolation_level=None)
-    try:
-        monkeypatch.setattr(sqlite_engine, "BUSY_TIMEOUT_S", 0.2)
-        writer.execute("BEGIN IMMEDIATE")
-        started = time.monotonic()
-        with pytest.raises(StoreUnavailable, match=r"c\.db: database is locked"):
-            store.submit(make_submission())
-        assert 0.2 <= time.monotonic() - started < 2.0
-        writer.execute("COMMIT")
-        assert store.submit(make_submission())  # the store is usable again
-    finally:
-        writer.close()
-        store.close()
+    store, writer = connections
+    monkeypatch.setattr(sqlite_engine, "BUSY_TIMEOUT_S", 0.2)
+    writer.execute("BEGIN IMMEDIATE")
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match=r"c\.db: database is locked"):
+        store.submit(make_submission())
+    assert 0.2 <= time.monotonic() - started < 2.0
+    writer.execute("COMMIT")
+    assert store.submit(make_submission())  # the store is usable again
 
 
 def test_every_named_query_is_valid_sql(tmp_path: Path) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import select
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,22 @@ from tests.conftest import make_agent
 
 def readable(fd: int, timeout_s: float) -> bool:
     return bool(select.select([fd], [], [], timeout_s)[0])
+
+
+@contextlib.contextmanager
+def killed_later(client: Client, job_id: int, after_s: float) -> Iterator[None]:
+    """Another client of the session kills the job `after_s` from now."""
+
+    def kill() -> None:
+        with Client(client.session) as other:
+            other.kill([job_id])
+
+    killer = threading.Timer(after_s, kill)
+    killer.start()
+    try:
+        yield
+    finally:
+        killer.join()
 
 
 def test_a_watch_turns_readable_when_a_job_is_reported_or_killed(tmp_path: Path) -> None:
@@ -50,15 +68,9 @@ def test_wait_returns_when_the_job_ends_without_waiting_for_its_next_poll(
     with Client(init_session(tmp_path / "s")) as client:
         [job_id] = client.submit({"command": ["true"]})
 
-        def kill() -> None:
-            with Client(client.session) as other:
-                other.kill([job_id])
-
-        killer = threading.Timer(0.2, kill)
-        killer.start()
         started = time.monotonic()
-        counts = client.wait([job_id], timeout_s=30)
-        killer.join()
+        with killed_later(client, job_id, after_s=0.2):
+            counts = client.wait([job_id], timeout_s=30)
     assert counts[JobState.CANCELLED] == 1
     assert time.monotonic() - started < 10
 
@@ -87,15 +99,9 @@ def test_without_wake_ups_a_waiter_looks_soon_then_ever_less_often(
         monkeypatch.setattr(client, "counts", counted)
         [job_id] = client.submit({"command": ["true"]})
 
-        def kill() -> None:
-            with Client(client.session) as other:
-                other.kill([job_id])
-
-        killer = threading.Timer(1.0, kill)
-        killer.start()
         started = time.monotonic()
-        client.wait([job_id], timeout_s=30)
-        killer.join()
+        with killed_later(client, job_id, after_s=1.0):
+            client.wait([job_id], timeout_s=30)
     gaps = [b - a for a, b in itertools.pairwise(looks)]
     assert gaps[0] < 0.05  # the first look again comes soon
     assert max(gaps) <= client_module.WAIT_POLL_S + 0.1  # and never later than the longest pause

@@ -18,7 +18,7 @@ import signal
 import socket
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -200,32 +200,27 @@ def _finish_general(
         if size <= inline_max:
             return _inline(attempt, spool.read())
         blob = sandbox.put_output(attempt.id, spool)
-    return replace(
-        _bare(attempt), output_key=blob.key, output_size=blob.size, output_sha256=blob.sha256
-    )
+    return _outcome(attempt, None, blob.key, blob.size, blob.sha256)
 
 
-def _bare(attempt: Attempt) -> Outcome:
+def _outcome(
+    attempt: Attempt, inline: bytes | None, key: str | None, size: int, sha256: str
+) -> Outcome:
     return Outcome(
         attempt.id,
         attempt.ended_as or AttemptState.FAILED,
         attempt.exit_code,
         attempt.reason,
         attempt.user_error,
+        output_key=key,
+        output_inline=inline,
+        output_size=size,
+        output_sha256=sha256,
     )
 
 
 def _inline(attempt: Attempt, data: bytes) -> Outcome:
-    return Outcome(
-        attempt.id,
-        attempt.ended_as or AttemptState.FAILED,
-        attempt.exit_code,
-        attempt.reason,
-        attempt.user_error,
-        output_inline=data,
-        output_size=len(data),
-        output_sha256=hashlib.sha256(data).hexdigest(),
-    )
+    return _outcome(attempt, data, None, len(data), hashlib.sha256(data).hexdigest())
 
 
 def _attempt_log(attempt: Attempt, agent_name: str) -> bytes:

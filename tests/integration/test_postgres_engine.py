@@ -25,8 +25,8 @@ from clobi.model.records import Claim, Outcome
 from clobi.model.states import AttemptState, JobState
 from clobi.store import queries
 from clobi.store.base import ClaimRequest, Wakeup
-from clobi.store.pgconn import PgCursor
-from clobi.store.postgres import PostgresStore, migrate, pyformat
+from clobi.store.pgconn import PgCursor, pyformat
+from clobi.store.postgres import PostgresStore, migrate
 from tests.conftest import capacity, make_agent, make_submission, need
 from tests.contract.conftest import PG_URL, pg_database, pg_reachable
 
@@ -480,6 +480,41 @@ def test_commits_are_durable_and_read_committed_whatever_the_database_defaults(u
             assert cur.fetchone()[0] == "read committed"
     finally:
         store.close()
+
+
+def test_a_claim_alone_commits_without_waiting_for_the_wal_flush(
+    open_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_store()
+    agent = store.register_agent(make_agent())
+    store.submit(make_submission(count=2))
+    settings: list[str] = []
+    original = PgCursor.execute
+
+    def execute(self: PgCursor, sql: str, params: Any = None, /) -> Any:
+        result = original(self, sql, params)
+        if "FROM jobs" in sql and "queued" in sql:  # the claim's look at the queue
+            settings.append(_value_of(self, "SHOW synchronous_commit"))
+        return result
+
+    monkeypatch.setattr(PgCursor, "execute", execute)
+    [claim] = store.claim(ClaimRequest(agent, capacity(), 1, 30.0))
+    assert settings and set(settings) == {"off"}
+    settings.clear()
+    outcome = Outcome(claim.attempt_id, AttemptState.SUCCEEDED, exit_code=0)
+    store.finish(agent, [outcome], ClaimRequest(agent, capacity(), 1, 30.0))
+    assert settings and set(settings) == {"on"}  # a report with a claim stays durable
+    monkeypatch.undo()
+    with store._tx() as cur:  # SET LOCAL ended with the claim's transaction
+        cur.execute("SHOW synchronous_commit")
+        assert cur.fetchone()[0] == "on"
+
+
+def _value_of(cur: PgCursor, sql: str) -> str:
+    """A setting as this cursor's transaction sees it."""
+    row = cur._raw.connection.execute(sql).fetchone()
+    assert row is not None
+    return str(row[0])
 
 
 def test_a_connection_the_server_ended_is_replaced(url: str, open_store: OpenStore) -> None:

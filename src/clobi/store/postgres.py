@@ -17,7 +17,11 @@ a connection of its own from a small pool (`POOL_SIZE`; more are opened only whi
 transactions run at once), so one thread's commit never waits behind another's, and PostgreSQL
 flushes their commits together.
 
-Commits are durable: `synchronous_commit` is raised to `on` if the server has it `off`.
+Commits are durable: `synchronous_commit` is raised to `on` if the server has it `off`. A
+transaction that only claims sets it `off` for itself (`SET LOCAL`), as the SQLite engine
+commits such a transaction with `synchronous=NORMAL`: a crash of the database may lose its
+commit, which only returns its jobs to the queue (at least once, as after a crashed agent),
+and the next durable commit flushes the WAL before it.
 """
 
 from __future__ import annotations
@@ -104,7 +108,7 @@ class PostgresStore(
     @contextlib.contextmanager
     def _tx(self, write: bool = True, durable: bool = True) -> Iterator[Cursor]:
         # MVCC readers never block writers, so reads and writes open the same transaction.
-        # Every commit is durable here (`durable` is for engines that pay per flush).
+        # `durable=False`: this transaction's commit need not wait for the WAL flush.
         local = self._local
         cur: Cursor | None = getattr(local, "cur", None)
         if cur is not None:  # a method here opened it to add to it: join it
@@ -114,6 +118,8 @@ class PostgresStore(
         conn = self._pool.take()
         try:
             with conn.cursor() as raw:
+                if not durable:
+                    raw.execute("SET LOCAL synchronous_commit = off")
                 local.conn, local.cur, local.now = conn, _Cursor(raw), None
                 yield local.cur
             conn.commit()

@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
-from clobi.agent import process
-from clobi.agent.process import JobProcess, SpawnError, Terminator
+from clobi.agent import process, teardown
+from clobi.agent.process import JobProcess, SpawnError
+from clobi.agent.teardown import Terminator
 
 Spawner = Callable[..., JobProcess]
 
@@ -264,10 +265,10 @@ def test_a_missing_output_directory_is_the_agent_s_error_not_the_command_s(
 
 def test_group_alive_follows_the_job_s_process_group(spawn_job: Spawner) -> None:
     proc = spawn_job(["sleep", "1000"])
-    assert process.group_alive(proc)
-    process.signal_job(proc, signal.SIGKILL, scan=False)
+    assert teardown.group_alive(proc)
+    teardown.signal_job(proc, signal.SIGKILL, scan=False)
     assert wait_exit(proc)[0] == -signal.SIGKILL
-    assert not process.group_alive(proc)
+    assert not teardown.group_alive(proc)
 
 
 # --- nothing is left behind -------------------------------------------------------------------
@@ -289,9 +290,9 @@ def test_a_terminated_job_is_gone_entirely_after_term_grace_and_kill(
     assert kill_at is not None
     process.wait_any([], kill_at - time.monotonic())
     for doomed in terminator.due():
-        process.signal_job(doomed, signal.SIGKILL)
+        teardown.signal_job(doomed, signal.SIGKILL)
     code, _ = wait_exit(proc)
-    process.cleanup_leftovers(proc)
+    teardown.cleanup_leftovers(proc)
     assert code in (-signal.SIGTERM, -signal.SIGKILL)
     assert eventually(lambda: not marked_pids(proc.attempt_id))
 
@@ -317,7 +318,7 @@ def test_the_terminator_hands_out_each_kill_once_when_its_grace_period_is_over(
     assert terminator.due(104.9) == []
     assert terminator.due(105.0) == [proc]
     assert terminator.due(200.0) == []
-    assert process.group_alive(proc)  # TERM was ignored: only the KILL will end it
+    assert teardown.group_alive(proc)  # TERM was ignored: only the KILL will end it
 
 
 @pytest.mark.parametrize("age", ["young", "old"])
@@ -327,7 +328,7 @@ def test_cleanup_kills_the_daemons_a_finished_job_left_behind(spawn_job: Spawner
     assert len(marked_pids(proc.attempt_id)) == 2
     if age == "old":  # a job running for minutes gets the full /proc search
         proc.started_monotonic -= 600.0
-    process.cleanup_leftovers(proc)
+    teardown.cleanup_leftovers(proc)
     assert eventually(lambda: not marked_pids(proc.attempt_id))
     assert proc.pidfd is None
 
@@ -336,7 +337,7 @@ SUBREAPER_SCRIPT = textwrap.dedent(
     """
     import json, os, sys, time
     from pathlib import Path
-    from clobi.agent import process
+    from clobi.agent import process, teardown
 
     work, attempt_id = Path(sys.argv[1]), int(sys.argv[2])
     facts = {"no_children_reap": process.reap(), "became": process.become_subreaper()}
@@ -351,7 +352,7 @@ SUBREAPER_SCRIPT = textwrap.dedent(
                 return proc
 
     quiet = run(["true"], attempt_id + 1)
-    process.cleanup_leftovers(quiet)
+    teardown.cleanup_leftovers(quiet)
     daemon_job = run(["sh", "-c", "setsid sleep 1000 & sleep 0.2"], attempt_id)
     def parent_of(pid):
         try:
@@ -361,7 +362,7 @@ SUBREAPER_SCRIPT = textwrap.dedent(
 
     orphans = [p for p in os.listdir("/proc") if p.isdigit() and parent_of(p) == os.getpid()]
     facts["orphans_reparented_to_us"] = len(orphans)
-    process.cleanup_leftovers(daemon_job)
+    teardown.cleanup_leftovers(daemon_job)
     deadline = time.monotonic() + 5
     reaped = []
     while not reaped and time.monotonic() < deadline:

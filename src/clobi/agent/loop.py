@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 
 from clobi.agent import attempt as att
-from clobi.agent import process
+from clobi.agent import process, teardown
 from clobi.agent.committer import Committer, Done
 from clobi.agent.leases import LeaseKeeper
 from clobi.agent.logtail import LogTails
@@ -102,7 +102,7 @@ class Agent:
         self.done_since = 0.0  # when the oldest unreported outcome was ready
         self.backlog: deque[att.Attempt] = deque()  # claimed, not started (short jobs only)
         self.pace = Pace(slots=max(1, int(self.info.cpus)))
-        self.terminator = process.Terminator()
+        self.terminator = teardown.Terminator()
         self.draining = threading.Event()
         self.clock = _Clock()
         self.agent_id = 0
@@ -156,7 +156,7 @@ class Agent:
             if a is None:
                 continue  # an orphan reparented to us; nothing to report
             assert a.proc is not None
-            process.cleanup_leftovers(a.proc, thorough=a.ended_as is not None)
+            teardown.cleanup_leftovers(a.proc, thorough=a.ended_as is not None)
             self.pace.observe(time.monotonic() - a.proc.started_monotonic)
             self.terminator.forget(a.proc)
             att.ended(a, code)
@@ -175,7 +175,7 @@ class Agent:
                 walltime = a.claim.spec.resources.walltime_s
                 self._stop(a, AttemptState.TIMED_OUT, f"walltime of {walltime:g} s exceeded")
         for proc in self.terminator.due(now):
-            process.signal_job(proc, signal.SIGKILL)
+            teardown.signal_job(proc, signal.SIGKILL)
 
     def _stop(self, a: att.Attempt, state: AttemptState, reason: str) -> None:
         if a.ended_as is None:
@@ -235,7 +235,7 @@ class Agent:
     def _lose(self, a: att.Attempt, why: str) -> None:
         log.warning("attempt %d of job %d: %s", a.id, a.claim.job_id, why)
         if a.proc is not None:
-            process.signal_job(a.proc, signal.SIGKILL)
+            teardown.signal_job(a.proc, signal.SIGKILL)
         self.running.pop(a.id, None)
         if a in self.backlog:
             self.backlog.remove(a)

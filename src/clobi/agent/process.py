@@ -15,8 +15,8 @@ P = bare `os.posix_spawn`, 2,890/s): `os.posix_spawn` with setsid and the three 
 `subprocess.Popen(start_new_session=True, cwd=...)` 0.75-0.79 P (and twice the parent CPU);
 a trampoline (`env -C dir cmd` 0.50 P, `sh -c 'cd "$0" && exec "$@"'` 0.44 P). posix_spawn has
 no chdir action in Python 3.11, so `spawn` briefly changes the agent's own cwd around the call.
-The whole cycle through this module (spawn, wait_any, reap, cleanup_leftovers) runs at
-0.71-0.74 P, 0.74-0.80 P without cleanup_leftovers.
+The whole cycle (spawn, wait_any, reap, teardown.cleanup_leftovers) runs at
+0.71-0.74 P, 0.74-0.80 P without the cleanup.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class JobProcess:
 
     def close(self) -> None:
         """The job is over for the agent: release the pidfd and stop treating its pid as a
-        job's main process. Idempotent; `cleanup_leftovers` calls it."""
+        job's main process. Idempotent; `teardown.cleanup_leftovers` calls it."""
         live_mains.discard(self.pid)
         if self.pidfd is not None:
             os.close(self.pidfd)

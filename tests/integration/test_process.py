@@ -423,7 +423,7 @@ def test_wait_any_returns_when_the_wake_fd_becomes_readable(spawn_job: Spawner) 
     try:
         os.write(write_end, b"!")
         started = time.monotonic()
-        ready = process.wait_any([spawn_job(["sleep", "1000"])], 10.0, wake_fd=read_end)
+        ready = process.wait_any([spawn_job(["sleep", "1000"])], 10.0, wake_fds=[read_end])
         assert time.monotonic() - started < 1.0
         assert ready == {read_end}
     finally:

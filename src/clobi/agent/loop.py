@@ -276,17 +276,15 @@ class Agent:
         if report:
             self.done = []
         call = functools.partial(self._store_call, outcomes, request)
-        self.reporting = reporting
-        pending = _Pending(request, now, self.rings)
+        self.reporting, self._pending = reporting, _Pending(request, now, self.rings)
         if self.running or self.backlog:  # jobs to look after meanwhile: commit on the side
-            self._pending = pending
             self.committer.submit(call)
         else:  # nothing to overlap with: a thread hand-off would only add latency
             try:
                 done = Done(value=call())
             except ClobiError as exc:
                 done = Done(error=exc)
-            self._apply(pending, done)
+            self._apply(done)
 
     def _store_call(
         self, outcomes: list[Outcome], request: ClaimRequest | None
@@ -301,11 +299,12 @@ class Agent:
         """Apply the committer's result if its call has ended."""
         done = self.committer.take()
         if done is not None:
-            self._apply(self._pending, done)
+            self._apply(done)
 
-    def _apply(self, pending: _Pending, done: Done, start: bool = True) -> None:
-        """What a report-and-claim call's result means for the agent."""
+    def _apply(self, done: Done, start: bool = True) -> None:
+        """What the report-and-claim call (`self._pending`) ended with means for the agent."""
         reporting, self.reporting = self.reporting, []
+        pending = self._pending
         if done.error is not None:
             if not isinstance(done.error, ClobiError):
                 raise done.error
@@ -434,7 +433,7 @@ class Agent:
     def _shutdown(self) -> None:
         done = self.committer.take(wait=True)  # an interrupted loop: let the call end
         if done is not None and done.error is None:
-            self._apply(self._pending, done, start=False)
+            self._apply(done, start=False)
         self.committer.close()
         for a in list(self.running.values()):
             self._lose(a, "agent stopping")

@@ -322,11 +322,10 @@ def reap() -> list[tuple[int, int, float]]:
 def wait_any(
     procs: Iterable[JobProcess],
     timeout_s: float | None,
-    wake_fd: int | None = None,
     wake_fds: Iterable[int] = (),
 ) -> set[int]:
-    """Block without using CPU until one of `procs` may have exited, `wake_fd` or one of
-    `wake_fds` is readable or `timeout_s` passes. Pass only processes not yet reaped: a reaped
+    """Block without using CPU until one of `procs` may have exited, one of `wake_fds` is
+    readable or `timeout_s` passes. Pass only processes not yet reaped: a reaped
     one ends it at once. Returns the descriptors found readable (pidfds and wake fds; empty
     after a timeout; without pidfds a process's exit shows in none)."""
     poller = select.poll()
@@ -336,9 +335,8 @@ def wait_any(
             blind.append(proc)
         else:
             poller.register(proc.pidfd, select.POLLIN)
-    for fd in (wake_fd, *wake_fds):
-        if fd is not None:
-            poller.register(fd, select.POLLIN)
+    for fd in wake_fds:
+        poller.register(fd, select.POLLIN)
     if blind:
         return _wait_polling(poller, blind, timeout_s)
     events = poller.poll(None if timeout_s is None else max(0.0, timeout_s) * 1000)
